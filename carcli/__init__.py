@@ -1,0 +1,3 @@
+"""carcli: fine-grained image classification from the command line."""
+
+__version__ = "0.1.0"
