@@ -1,0 +1,1 @@
+"""Data sets: on-disk layouts, class-name taxonomy, images and transforms."""
