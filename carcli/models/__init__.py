@@ -1,0 +1,1 @@
+"""Backbones (registry), heads and weight loading."""

