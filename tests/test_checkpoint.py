@@ -1,0 +1,110 @@
+"""Checkpoints: round trip, atomic writes, and clear refusals of files that are not carcli checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from carcli.checkpoint import load_model, read_metadata, save_checkpoint
+from carcli.errors import CarcliError
+from carcli.models.registry import create_model
+
+TASKS = {"model": ["a b Sedan 2001", "a c SUV 2002", "d e Sedan 2002"], "make": ["a", "d"]}
+
+
+def _meta(**extra):
+    return {
+        "arch": "timm:resnet18",
+        "head": "mtl",
+        "img_size": 64,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "tasks": TASKS,
+        **extra,
+    }
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = create_model("timm:resnet18", "mtl", {t: len(n) for t, n in TASKS.items()}).eval()
+    path = tmp_path / "m.st"
+    save_checkpoint(path, model.state_dict(), _meta(metrics={"best_epoch": 2}))
+    return model, path
+
+
+def test_round_trip_gives_the_same_predictions(saved):
+    model, path = saved
+    loaded, meta = load_model(path)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model(x), loaded(x)
+    assert all(torch.equal(a[t], b[t]) for t in a)
+    assert meta["tasks"] == TASKS and meta["metrics"] == {"best_epoch": 2}
+    assert meta["format"] == 1 and meta["version"]
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    path = tmp_path / "m.st"
+    save_checkpoint(path, {"w": torch.ones(3)}, _meta())
+    before = path.read_bytes()
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"w": torch.zeros(3)}, _meta())
+    assert path.read_bytes() == before  # the old checkpoint is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.st"]  # no temp file left
+
+
+def test_truncated_file_is_refused(saved, tmp_path):
+    _, path = saved
+    cut = tmp_path / "cut.st"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CarcliError, match=r"truncated|corrupt"):
+        load_model(cut)
+
+
+def test_non_safetensors_file_is_refused(tmp_path):
+    path = tmp_path / "photo.st"
+    path.write_bytes(b"\xff\xd8\xff\xe0 not a checkpoint")
+    with pytest.raises(CarcliError, match="not a readable safetensors"):
+        read_metadata(path)
+
+
+def test_safetensors_without_carcli_metadata_is_refused(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    save_file({"w": torch.ones(2)}, str(path))
+    with pytest.raises(CarcliError, match="not a carcli checkpoint"):
+        read_metadata(path)
+
+
+def test_newer_format_and_missing_fields_are_refused(tmp_path):
+    newer = tmp_path / "newer.st"
+    save_file({"w": torch.ones(2)}, str(newer), metadata={"carcli": json.dumps({**_meta(), "format": 99})})
+    with pytest.raises(CarcliError, match="newer"):
+        read_metadata(newer)
+    partial = tmp_path / "partial.st"
+    save_file({"w": torch.ones(2)}, str(partial), metadata={"carcli": json.dumps({"format": 1})})
+    with pytest.raises(CarcliError, match="lacks arch"):
+        read_metadata(partial)
+
+
+def test_tensors_that_do_not_match_the_described_model_are_refused(tmp_path):
+    path = tmp_path / "wrong.st"
+    save_checkpoint(path, {"w": torch.ones(2)}, _meta())
+    with pytest.raises(CarcliError, match="does not match"):
+        load_model(path)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CarcliError, match="not found"):
+        load_model(tmp_path / "none.st")
