@@ -1,0 +1,89 @@
+"""Reading images robustly, finding unreadable ones, and the torch Dataset over samples.
+
+Grayscale, palette, CMYK, 16-bit and RGBA images are converted to RGB (transparency over
+white); large JPEGs are decoded at reduced scale when only a small image is needed (PIL's
+draft mode). `find_unreadable` decodes every file once, at the smallest JPEG scale, so a
+truncated or corrupt file is found before training instead of crashing an epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps
+
+from carcli.data.layouts import Sample
+
+# Large photos are fine; PIL's default bomb guard (89 Mpx) stays in force at 4x that size.
+Image.MAX_IMAGE_PIXELS = 4 * 89_478_485
+
+
+def open_rgb(path: Path, min_size: int | None = None) -> Image.Image:
+    """Open `path` as an RGB image; JPEGs are decoded no smaller than `min_size` on the shorter side."""
+    with Image.open(path) as img:
+        if min_size and img.format == "JPEG":
+            img.draft("RGB", (min_size, min_size))
+        img = ImageOps.exif_transpose(img)
+        return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB; transparent pixels become white."""
+    if img.mode == "RGB":
+        img.load()
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = img.point(lambda v: v / 256).convert("L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _readable(path: Path) -> bool:
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (1, 1))
+            img.load()
+    except Exception:  # noqa: BLE001 - PIL raises many error types for broken files
+        return False
+    return True
+
+
+def find_unreadable(paths: Sequence[Path], threads: int = 4) -> list[Path]:
+    """The paths that cannot be decoded (missing, truncated, corrupt, not an image)."""
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        ok = list(pool.map(_readable, paths, chunksize=64))
+    return [p for p, good in zip(paths, ok, strict=True) if not good]
+
+
+class ImageDataset:
+    """Samples -> (transformed image, fine label). Works as a map-style torch Dataset.
+
+    A file that fails to decode after the up-front check (changed on disk mid-run) is replaced by
+    the next sample, so an epoch never crashes; `find_unreadable` keeps this rare.
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable[[Image.Image], Any], min_size: int) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.min_size = min_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        for offset in range(len(self.samples)):
+            sample = self.samples[(index + offset) % len(self.samples)]
+            try:
+                img = open_rgb(sample.path, self.min_size)
+            except OSError:
+                continue
+            return self.transform(img), sample.label
+        raise OSError("no readable image left in the data set")
