@@ -124,7 +124,9 @@ def train(
     ] = None,
     pretrained: Annotated[bool, typer.Option(help="Start from the library's pretrained weights (network).")] = False,
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<time>-<arch>-<head>).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Data loading processes (default: CPU cores, max 8).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Data loading processes (default: GPU: cores, CPU: half the cores; max 8).")
+    ] = None,
 ) -> None:
     """Train a classifier and write safetensors checkpoints (best.st, last.st) to a run folder."""
     from carcli.console import RichReporter, render_train_summary

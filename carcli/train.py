@@ -127,6 +127,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
 
     _seed_everything(config.seed)
     device = _resolve_device(config.device)
+    _share_cores(device, config.workers or 0)
     spec = get_arch(config.arch)
     tasks = {task: len(names) for task, names in taxonomy.tasks.items()}
     model = create_model(config.arch, config.head, tasks, config.pretrained, config.drop_rate)
@@ -233,7 +234,8 @@ def _resolve_defaults(config: TrainConfig, dataset: DataSet) -> None:
     if config.lr is None:
         config.lr = demo.DEMO_LR if is_demo else DEFAULT_LR.get(config.optimizer, DEFAULT_LR["adamw"])
     if config.workers is None:
-        config.workers = min(8, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+        config.workers = min(8, cores) if torch.cuda.is_available() else min(8, cores // 2)
     if config.data is None:
         config.data = str(dataset.root)
 
@@ -300,6 +302,12 @@ def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+def _share_cores(device: torch.device, workers: int) -> None:
+    """On CPU, leave one core per loader worker: oversubscribed OpenMP threads slow training many times over."""
+    if device.type == "cpu" and workers:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
 
 
 def _worker_seed(worker_id: int) -> None:
