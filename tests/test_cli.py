@@ -151,3 +151,15 @@ def test_readme_main_job_trains_on_the_demo_set(tmp_path):
     _, meta = load_model(best)
     classes = len(meta["tasks"]["model"])
     assert meta["metrics"]["top1"]["model"] > 3 / classes  # far above chance
+
+
+def test_pretrained_without_a_hub_points_to_weights(real_folder_set, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "th")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "carcli", "train", "--data", str(real_folder_set), "--out", str(tmp_path / "r"),
+         "--pretrained", *FAST],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--weights" in lines[0] and "Traceback" not in proc.stderr
