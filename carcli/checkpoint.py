@@ -81,12 +81,13 @@ def load_model(path: Path, device: str = "cpu") -> tuple[CarcliModel, dict[str, 
     state, meta = load_checkpoint(path)
     tasks = {task: len(names) for task, names in meta["tasks"].items()}
     model = create_model(meta["arch"], meta["head"], tasks)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    mismatch = f"{path} does not match the model it describes ({meta['arch']}, head {meta['head']})"
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensor shapes disagree with the task sizes in the metadata
+        raise CarcliError(f"{mismatch}: tensor shapes differ") from exc
     if missing or unexpected:
-        raise CarcliError(
-            f"{path} does not match the model it describes ({meta['arch']}, head {meta['head']}): "
-            f"{len(missing)} tensors missing, {len(unexpected)} unexpected"
-        )
+        raise CarcliError(f"{mismatch}: {len(missing)} tensors missing, {len(unexpected)} unexpected")
     return model.to(device).eval(), meta
 
 

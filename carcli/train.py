@@ -118,24 +118,26 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     """Run one training job as `config` says; returns the best metrics and where the files are."""
     reporter = reporter or SilentReporter()
     started = time.perf_counter()
+    _check_config(config)  # flag values first, before any slow work
+    device = _resolve_device(config.device)
     dataset = _load_data(config, reporter)
-    _resolve_defaults(config, dataset)
+    _resolve_defaults(config, dataset, device)
     _check_config(config)
-    run_dir = _make_run_dir(config)
     taxonomy = Taxonomy.from_class_names(dataset.class_names)
-    train_samples, val_samples = _readable_splits(dataset, run_dir, reporter)
+    tasks = {task: len(names) for task, names in taxonomy.tasks.items()}
+    _check_loss_weights(config.loss_weights, config.head, tasks)
 
     _seed_everything(config.seed)
-    device = _resolve_device(config.device)
     _share_cores(device, config.workers or 0)
     spec = get_arch(config.arch)
-    tasks = {task: len(names) for task, names in taxonomy.tasks.items()}
     model = create_model(config.arch, config.head, tasks, config.pretrained, config.drop_rate)
     if config.weights:
         report = load_backbone_weights(model.backbone, Path(config.weights))
         reporter.info(f"loaded {report.loaded} backbone tensors from {config.weights} (matched by {report.mode})")
     model.to(device)
     parameters = sum(p.numel() for p in model.parameters())
+    run_dir = _make_run_dir(config)  # only once everything the user asked for is known to work
+    train_samples, val_samples = _readable_splits(dataset, run_dir, reporter)
 
     img_size = config.img_size or spec.img_size
     train_loader = _loader(
@@ -170,7 +172,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         val_stats = validate(model, val_loader, fine_to, device, autocast_dtype)
         record = {
             "epoch": epoch,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": train_stats["lr"],
             "train_loss": train_stats["loss"],
             "train_top1": train_stats["top1"],
             "val_loss": val_stats["loss"],
@@ -185,7 +187,13 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         improved = not best_top1 or record["val_top1"][FINE] > best_top1[FINE]
         if improved:
             best_top1, best_epoch = dict(record["val_top1"]), epoch
-        metrics = {"best_epoch": best_epoch, "top1": best_top1, "epoch": epoch}
+        metrics = {
+            "epoch": epoch,
+            "top1": record["val_top1"],
+            "top5": record["val_top5"],
+            "best_epoch": best_epoch,
+            "best_top1": best_top1,
+        }
         state = model.state_dict()
         save_checkpoint(run_dir / "last.st", state, {**meta_base, "metrics": metrics})
         if improved:
@@ -215,12 +223,12 @@ def _load_data(config: TrainConfig, reporter: Reporter) -> DataSet:
     root = demo.generate_demo(data_home() / demo.DEMO_NAME)
     reporter.info(
         f"no --data given: training on carcli's generated demo set ({root}). "
-        "For Stanford Cars run `carcli fetch-data stanford-cars` and pass --data."
+        "To train on Stanford Cars, pass --data DIR with its devkit folder (docs/data.md lists the layouts)."
     )
     return load_dataset(root, config.val_fraction, config.seed)
 
 
-def _resolve_defaults(config: TrainConfig, dataset: DataSet) -> None:
+def _resolve_defaults(config: TrainConfig, dataset: DataSet, device: torch.device) -> None:
     """Fill unset options: the demo set recommends its own size and schedule; others use general defaults."""
     is_demo = config.data is None
     if config.img_size is None and is_demo:
@@ -232,23 +240,31 @@ def _resolve_defaults(config: TrainConfig, dataset: DataSet) -> None:
     if config.batch_size is None:
         config.batch_size = demo.DEMO_BATCH_SIZE if is_demo else DEFAULT_BATCH_SIZE
     if config.lr is None:
-        config.lr = demo.DEMO_LR if is_demo else DEFAULT_LR.get(config.optimizer, DEFAULT_LR["adamw"])
+        demo_lr = is_demo and config.optimizer == "adamw"
+        config.lr = demo.DEMO_LR if demo_lr else DEFAULT_LR.get(config.optimizer, DEFAULT_LR["adamw"])
     if config.workers is None:
         cores = os.cpu_count() or 1
-        config.workers = min(8, cores) if torch.cuda.is_available() else min(8, cores // 2)
+        config.workers = min(8, cores) if device.type == "cuda" else min(8, cores // 2)
     if config.data is None:
         config.data = str(dataset.root)
 
 
 def _check_config(config: TrainConfig) -> None:
+    """Refuse impossible option values; unset (None) options pass until their defaults are filled."""
+
+    def at_least(value: float | None, low: float) -> bool:
+        return value is None or value >= low
+
     checks = [
-        (config.epochs is not None and config.epochs >= 1, "--epochs must be at least 1"),
-        (config.batch_size is not None and config.batch_size >= 1, "--batch-size must be at least 1"),
-        (config.lr is not None and config.lr > 0, "--lr must be positive"),
-        (config.img_size is not None and config.img_size >= 32, "--img-size must be at least 32"),
+        (at_least(config.epochs, 1), "--epochs must be at least 1"),
+        (at_least(config.batch_size, 1), "--batch-size must be at least 1"),
+        (config.lr is None or config.lr > 0, "--lr must be positive"),
+        (at_least(config.img_size, 32), "--img-size must be at least 32"),
         (config.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
         (config.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
-        (config.workers is not None and config.workers >= 0, "--workers must be 0 or more"),
+        (at_least(config.workers, 0), "--workers must be 0 or more"),
+        (config.weight_decay >= 0, "--weight-decay must be 0 or more"),
+        (0 <= config.val_fraction < 1, "--val-fraction must be in [0, 1)"),
         (0 <= config.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
         (config.warmup_epochs >= 0, "--warmup-epochs must be 0 or more"),
         (0 <= config.drop_rate < 1, "--drop-rate must be in [0, 1)"),
@@ -257,6 +273,15 @@ def _check_config(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+
+
+def _check_loss_weights(weights: dict[str, float], head: str, tasks: dict[str, int]) -> None:
+    predicted = [FINE] if head == "linear" else list(tasks)
+    for task, weight in weights.items():
+        if task not in predicted:
+            raise UsageError(f"--loss-weights names {task!r}, but this model predicts only {', '.join(predicted)}")
+        if weight < 0:
+            raise UsageError(f"--loss-weights: the weight of {task!r} must be 0 or more")
 
 
 def _make_run_dir(config: TrainConfig) -> Path:
@@ -390,7 +415,7 @@ def _train_one_epoch(
     reporter: Reporter,
 ) -> dict[str, float]:
     model.train()
-    seen, loss_sum, correct = 0, 0.0, 0
+    seen, loss_sum, correct, lr = 0, 0.0, 0, 0.0
     start = time.perf_counter()
     for images, labels in loader:
         images = images.to(device, non_blocking=True)
@@ -412,6 +437,7 @@ def _train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         batch = labels.numel()
         seen += batch
@@ -420,7 +446,7 @@ def _train_one_epoch(
         elapsed = time.perf_counter() - start
         reporter.step({"loss": loss_sum / seen, "top1": correct / seen, "images_per_s": seen / elapsed})
     elapsed = time.perf_counter() - start
-    return {"loss": loss_sum / max(1, seen), "top1": correct / max(1, seen), "images_per_s": seen / elapsed}
+    return {"loss": loss_sum / max(1, seen), "top1": correct / max(1, seen), "images_per_s": seen / elapsed, "lr": lr}
 
 
 @torch.no_grad()

@@ -108,3 +108,12 @@ def test_tensors_that_do_not_match_the_described_model_are_refused(tmp_path):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(CarcliError, match="not found"):
         load_model(tmp_path / "none.st")
+
+
+def test_metadata_that_disagrees_with_tensor_shapes_is_refused(saved, tmp_path):
+    model, _ = saved
+    path = tmp_path / "lying.st"
+    wrong_tasks = {"model": [*TASKS["model"], "extra Coupe 2003"], "make": TASKS["make"]}
+    save_checkpoint(path, model.state_dict(), _meta(tasks=wrong_tasks))
+    with pytest.raises(CarcliError, match="shapes differ"):
+        load_model(path)

@@ -113,6 +113,8 @@ def _one_error_line(result) -> str:
         (["--epochs", "many"], 2, "--epochs"),
         (["--device", "tpu"], 2, "--device"),
         (["--loss-weights", "make=lots"], 2, "--loss-weights"),
+        (["--loss-weights", "maek=0.5", "--head", "mtl"], 2, "predicts only"),
+        (["--loss-weights", "make=0.5"], 2, "predicts only"),  # the linear head has no make output
         (["--weights", "/no/such/weights.pth"], 1, "weights file not found"),
     ],
 )
@@ -121,6 +123,7 @@ def test_user_errors_are_one_line(real_folder_set, tmp_path, args, code, words):
     result = run(*base, *args)
     assert result.exit_code == code
     assert words in _one_error_line(result)
+    assert not (tmp_path / "r").exists()  # a refused run leaves no folder behind
 
 
 def test_mtl_on_plain_class_names_is_refused(tmp_path):

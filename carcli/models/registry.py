@@ -88,11 +88,22 @@ def _describe(spec: ArchSpec) -> ArchSpec:
 
     with torch.device("meta"):
         backbone, feature_dim = _build(spec, pretrained=False)
-    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    cfg = getattr(backbone, "pretrained_cfg", None) or _torchvision_cfg(spec.model_name)
     size = cfg.get("input_size", (3, spec.img_size, spec.img_size))[-1]
     mean = tuple(cfg.get("mean", IMAGENET_MEAN))
     std = tuple(cfg.get("std", IMAGENET_STD))
     return replace(spec, feature_dim=feature_dim, img_size=int(size), mean=mean, std=std)  # type: ignore[arg-type]
+
+
+def _torchvision_cfg(model_name: str) -> dict:
+    """Input size and mean/std from a torchvision model's default weights (its eval transform)."""
+    import torchvision
+
+    try:
+        preset = torchvision.models.get_model_weights(model_name).DEFAULT.transforms()
+    except (ValueError, AttributeError):  # a model without published weights
+        return {}
+    return {"input_size": (3, *preset.crop_size), "mean": preset.mean, "std": preset.std}
 
 
 def create_backbone(spec: ArchSpec, pretrained: bool = False) -> nn.Module:
