@@ -110,7 +110,6 @@ def _parse_metadata(path: Path, raw: str | None) -> dict[str, Any]:
         raise CarcliError(f"{path}: carcli metadata lacks {', '.join(missing)}")
     if meta["format"] > FORMAT:
         raise CarcliError(
-            f"{path} has checkpoint format {meta['format']}, newer than this carcli reads ({FORMAT}); "
-            "upgrade carcli"
+            f"{path} has checkpoint format {meta['format']}, newer than this carcli reads ({FORMAT}); upgrade carcli"
         )
     return meta

@@ -39,9 +39,14 @@ def _percent(value: float | None) -> str:
 
 
 class RichReporter:
-    """Training progress: one bar per epoch with loss, accuracy and images/s, then a validation line."""
+    """Training progress: one bar per epoch with loss, accuracy and images/s, then a validation line.
+
+    When stdout is not a terminal (a log file, CI) there are no live bars: each epoch ends with one
+    line that carries the training figures too, so logs stay readable.
+    """
 
     def __init__(self) -> None:
+        self.live = console.is_terminal
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -51,9 +56,11 @@ class RichReporter:
             console=console,
         )
         self.task_id: Any = None
+        self.epochs = 0
 
     def __enter__(self) -> RichReporter:
-        self.progress.start()
+        if self.live:
+            self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -66,6 +73,7 @@ class RichReporter:
         self.progress.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        self.epochs = epochs
         self.task_id = self.progress.add_task(f"epoch {epoch}/{epochs}", total=steps, loss=0.0, top1="-", ips=0.0)
 
     def step(self, stats: dict[str, float]) -> None:
@@ -75,9 +83,13 @@ class RichReporter:
 
     def epoch_end(self, record: dict[str, Any]) -> None:
         tasks = "  ".join(f"{task} {_percent(v)}" for task, v in record["val_top1"].items())
-        self.progress.console.print(
-            f"  val loss {record['val_loss']:.3f}  top-1: {tasks}  ({record['seconds']:.1f} s)", highlight=False
-        )
+        line = f"  val loss {record['val_loss']:.3f}  top-1: {tasks}  ({record['seconds']:.1f} s)"
+        if not self.live:
+            line = (
+                f"epoch {record['epoch']}/{self.epochs}: train loss {record['train_loss']:.3f}"
+                f"  top1 {_percent(record['train_top1'])}  {record['images_per_s']:.0f} img/s |{line[1:]}"
+            )
+        self.progress.console.print(line, highlight=False, soft_wrap=True)
 
 
 def render_train_summary(result: TrainResult) -> None:

@@ -55,6 +55,7 @@ def test_train_writes_a_run_folder_with_a_loadable_checkpoint(real_folder_set, t
     assert {"best.st", "last.st", "metrics.jsonl", "config.json"} <= {p.name for p in out.iterdir()}
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2]
+    assert "epoch 2/2: train loss" in result.output  # not a terminal: one plain line per epoch, no live bars
     assert set(lines[0]["val_top1"]) == {"model", "make", "type", "year"}
     for key in ("lr", "train_loss", "val_loss", "val_top5", "images_per_s", "seconds"):
         assert key in lines[0]
@@ -146,7 +147,11 @@ def test_readme_main_job_trains_on_the_demo_set(tmp_path):
     env = {**os.environ, "CARCLI_HOME": str(tmp_path / "home")}
     proc = subprocess.run(
         [sys.executable, "-m", "carcli", "train", "--arch", "ghostnet"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "demo" in proc.stdout
@@ -159,9 +164,22 @@ def test_readme_main_job_trains_on_the_demo_set(tmp_path):
 def test_pretrained_without_a_hub_points_to_weights(real_folder_set, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "th")}
     proc = subprocess.run(
-        [sys.executable, "-m", "carcli", "train", "--data", str(real_folder_set), "--out", str(tmp_path / "r"),
-         "--pretrained", *FAST],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "carcli",
+            "train",
+            "--data",
+            str(real_folder_set),
+            "--out",
+            str(tmp_path / "r"),
+            "--pretrained",
+            *FAST,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -93,10 +93,7 @@ def _annotations(rows: list[tuple[int, int, int, int, int, str]]) -> np.ndarray:
 
 def _tiny_devkit(real_root: Path, base: Path, n_classes: int = 3, per_class: int = 3) -> list[str]:
     """base/cars_train + base/devkit with the first n_classes real classes and per_class real photos each."""
-    names = [
-        str(n)
-        for n in scipy.io.loadmat(real_root / "devkit" / "cars_meta.mat", squeeze_me=True)["class_names"]
-    ]
+    names = [str(n) for n in scipy.io.loadmat(real_root / "devkit" / "cars_meta.mat", squeeze_me=True)["class_names"]]
     annos = scipy.io.loadmat(real_root / "devkit" / "cars_train_annos.mat", squeeze_me=True)["annotations"]
     rows, taken = [], Counter()
     for record in annos:
@@ -107,9 +104,7 @@ def _tiny_devkit(real_root: Path, base: Path, n_classes: int = 3, per_class: int
             (base / "cars_train").mkdir(parents=True, exist_ok=True)
             shutil.copy(real_root / "cars_train" / fname, base / "cars_train" / fname)
     (base / "devkit").mkdir(parents=True, exist_ok=True)
-    scipy.io.savemat(
-        base / "devkit" / "cars_meta.mat", {"class_names": np.array(names[:n_classes], dtype=object)}
-    )
+    scipy.io.savemat(base / "devkit" / "cars_meta.mat", {"class_names": np.array(names[:n_classes], dtype=object)})
     scipy.io.savemat(base / "devkit" / "cars_train_annos.mat", {"annotations": _annotations(rows)})
     return names[:n_classes]
 

@@ -59,9 +59,7 @@ def test_parse_car_name(name, expected):
     assert parse_car_name(name) == expected
 
 
-@pytest.mark.parametrize(
-    "name", ["cat", "striped", "Ford 2012", "Ford Focus", "Ford Focus Sedan 1850", "a b 12345"]
-)
+@pytest.mark.parametrize("name", ["cat", "striped", "Ford 2012", "Ford Focus", "Ford Focus Sedan 1850", "a b 12345"])
 def test_non_car_names_do_not_parse(name):
     assert parse_car_name(name) is None
 

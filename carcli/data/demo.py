@@ -7,15 +7,21 @@ name looks like:
 
 - make: the body colour family and the nose shape (pointed, round, square, wedge) with its grille;
 - body type: the silhouette (sedan 3-box, SUV tall box, hatchback cut rear, wagon long roof,
-  coupe low sloped roof, convertible no roof);
+  coupe low sloped roof, convertible no roof) and a fitting extra (SUV cladding, wagon wood panels
+  and roof rails, coupe wing, hatchback spoiler, convertible seats);
 - model: a detail (side stripe, number of side windows, head-lamp shape);
 - year: the wheels (their size grows with the year, the rim style changes every few years).
 
+Cars are drawn taller than real ones (cartoon proportions) so that roof lines survive 64 px.
 Each image puts one car at a random place, scale and small tilt, facing left or right, with colour
 jitter, on a random sky / ground background with clutter, then adds noise. Every image is drawn
 from its own seeded generator, so a seed always gives the same bytes. `generate_demo` writes the
 set into a hidden temporary sibling folder and renames it into place, so the root either holds a
 complete set (with its `.carcli-demo` marker) or does not exist.
+
+The recommended settings were measured with ghostnet_100 from scratch on 2 CPU cores (AdamW, wd
+0.05, cosine with one warm-up epoch, label smoothing 0.1, the standard train transforms): about
+6-8 s an epoch, 71-78 % fine-class validation top-1 after 15 epochs (make ~99 %, type 90-95 %).
 """
 
 from __future__ import annotations
@@ -36,8 +42,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from carcli.errors import CarcliError
 
 DEMO_NAME = "demo"
-DEMO_IMG_SIZE = 96
-DEMO_EPOCHS = 12
+DEMO_IMG_SIZE = 64
+DEMO_EPOCHS = 15
 DEMO_BATCH_SIZE = 32
 DEMO_LR = 2e-3
 
@@ -45,7 +51,7 @@ GENERATOR_VERSION = 1
 MARKER = ".carcli-demo"
 TRAIN_PER_CLASS = 48
 VAL_PER_CLASS = 12
-SAVE_SIZE = DEMO_IMG_SIZE + DEMO_IMG_SIZE // 6  # a little bigger than the training size: crops keep detail
+SAVE_SIZE = DEMO_IMG_SIZE * 3 // 2  # a little bigger than the training size: crops keep detail
 SUPERSAMPLE = 2  # drawn at twice the size, then reduced: smooth edges
 JPEG_QUALITY = 92
 SPLITS = ("train", "val")
@@ -134,15 +140,35 @@ class _Shape:
     radius: float
 
 
-SHAPES: dict[str, _Shape] = {
-    "Sedan": _Shape(4, 196, 56, 84, ((54, 56), (72, 30), (120, 30), (144, 56)), (38, 160), 12),
+_FLAT_SHAPES: dict[str, _Shape] = {  # natural proportions, ground at y=96
+    "Sedan": _Shape(4, 196, 56, 84, ((58, 56), (72, 24), (122, 24), (144, 56)), (38, 160), 12),
     "SUV": _Shape(10, 190, 42, 80, ((12, 42), (16, 10), (130, 10), (152, 42)), (42, 156), 14),
     "Hatchback": _Shape(36, 176, 54, 84, ((37, 54), (40, 24), (108, 24), (136, 54)), (60, 150), 12),
     "Wagon": _Shape(4, 196, 56, 84, ((5, 56), (7, 28), (122, 28), (146, 56)), (38, 160), 12),
-    "Coupe": _Shape(8, 194, 62, 85, ((12, 62), (86, 40), (104, 40), (142, 62)), (42, 162), 12),
+    "Coupe": _Shape(8, 194, 66, 86, ((14, 66), (88, 46), (104, 46), (142, 66)), (42, 162), 12),
     "Convertible": _Shape(10, 192, 61, 85, (), (42, 160), 12),
 }
-GROUND = 96.0
+TALL = 1.3  # cartoon proportions: bodies drawn taller than real, so the roof lines show at small sizes
+GROUND = 126.0
+CANVAS = (204, 130)
+
+
+def _stretch(shape: _Shape) -> _Shape:
+    def y(v: float) -> float:
+        return GROUND - (96.0 - v) * TALL
+
+    return _Shape(
+        rear=shape.rear,
+        front=shape.front,
+        top=y(shape.top),
+        bottom=y(shape.bottom),
+        cabin=tuple((x, y(v)) for x, v in shape.cabin),
+        wheels=shape.wheels,
+        radius=shape.radius * 1.1,
+    )
+
+
+SHAPES: dict[str, _Shape] = {name: _stretch(shape) for name, shape in _FLAT_SHAPES.items()}
 
 
 def _rgb(hue: float, sat: float, val: float) -> tuple[int, int, int]:
@@ -227,14 +253,15 @@ def _draw_wheel(draw: ImageDraw.ImageDraw, cx: float, r: float, year: int, k: fl
 def _draw_car(car: _CarClass, rng: np.random.Generator, k: float) -> Image.Image:
     """The car facing right on a transparent canvas; k pixels per car unit."""
     shape = SHAPES[car.body_type]
-    canvas = Image.new("RGBA", (math.ceil(204 * k), math.ceil(100 * k)), (0, 0, 0, 0))
+    canvas = Image.new("RGBA", (math.ceil(CANVAS[0] * k), math.ceil(CANVAS[1] * k)), (0, 0, 0, 0))
     draw = ImageDraw.Draw(canvas)
 
-    def poly(points: list[Point] | tuple[Point, ...], fill: tuple) -> None:
-        draw.polygon([(x * k, y * k) for x, y in points], fill=fill)
+    def poly(points: list[Point] | tuple[Point, ...], fill: tuple, outline: tuple | None = None) -> None:
+        draw.polygon([(x * k, y * k) for x, y in points], fill=fill, outline=outline, width=max(1, round(k)))
 
-    body = _rgb(car.make.hue + rng.uniform(-10, 10), rng.uniform(0.55, 0.95), rng.uniform(0.55, 0.95))
+    body = _rgb(car.make.hue + rng.uniform(-8, 8), rng.uniform(0.65, 0.95), rng.uniform(0.6, 0.95))
     dark = _shade(body, 0.55)
+    outline = _shade(body, 0.3)
     glass = _rgb(rng.uniform(190, 230), rng.uniform(0.15, 0.4), rng.uniform(0.2, 0.45))
 
     # shadow on the ground
@@ -242,25 +269,36 @@ def _draw_car(car: _CarClass, rng: np.random.Generator, k: float) -> Image.Image
                  fill=(0, 0, 0, 90))  # fmt: skip
     # cabin and windows
     if shape.cabin:
-        poly(shape.cabin, body)
+        poly(shape.cabin, body, outline)
         window = _window_polygon(shape.cabin)
         poly(window, glass)
         x_lo, x_hi = window[0][0], window[3][0]
-        for j in range(1, car.model.windows):
-            x = x_lo + (x_hi - x_lo) * j / car.model.windows
+        panes = 1 if car.body_type == "Coupe" else car.model.windows  # a coupe: one long side window
+        for j in range(1, panes):
+            x = x_lo + (x_hi - x_lo) * j / panes
             draw.rectangle([(x - 2) * k, (shape.cabin[1][1]) * k, (x + 2) * k, (shape.top) * k], fill=body)
     else:  # convertible: windshield frame and two headrests
-        poly([(126, shape.top), (114, shape.top - 19), (118, shape.top - 19), (131, shape.top)], (40, 40, 45))
-        poly([(40, shape.top), (44, shape.top - 4), (112, shape.top - 4), (116, shape.top)], (150, 110, 70))
+        poly([(126, shape.top), (114, shape.top - 24), (118, shape.top - 24), (131, shape.top)], (40, 40, 45))
+        poly([(40, shape.top), (44, shape.top - 6), (112, shape.top - 6), (116, shape.top)], (150, 110, 70))
         for x in (70, 94):
-            draw.rounded_rectangle([(x - 4) * k, (shape.top - 11) * k, (x + 4) * k, (shape.top + 1) * k],
+            draw.rounded_rectangle([(x - 4) * k, (shape.top - 14) * k, (x + 4) * k, (shape.top + 1) * k],
                                    radius=2 * k, fill=(35, 35, 35))  # fmt: skip
     if car.body_type in ("SUV", "Wagon"):  # roof rails
         roof = shape.cabin[1][1]
         draw.rectangle([(shape.cabin[1][0] + 4) * k, (roof - 3) * k, (shape.cabin[2][0] - 6) * k, (roof - 1) * k],
                        fill=(35, 35, 35))  # fmt: skip
     # lower body
-    poly(_body_outline(shape, car.make.nose), body)
+    poly(_body_outline(shape, car.make.nose), body, outline)
+    if car.body_type == "Wagon":  # wood panelling
+        draw.rectangle([(shape.rear + 3) * k, (shape.top + 4) * k, (shape.front - 40) * k, (shape.bottom - 5) * k],
+                       fill=(120, 78, 40))  # fmt: skip
+    if car.body_type == "Hatchback":  # roof spoiler
+        x, y = shape.cabin[1]
+        poly([(x - 6, y + 1), (x + 14, y - 2), (x + 14, y + 2), (x - 4, y + 5)], (25, 25, 25))
+    if car.body_type == "Coupe":  # rear wing
+        poly([(shape.rear, shape.top - 9), (shape.rear + 22, shape.top - 9), (shape.rear + 22, shape.top - 6),
+              (shape.rear + 12, shape.top), (shape.rear + 7, shape.top), (shape.rear + 3, shape.top - 6)],
+             (25, 25, 25))  # fmt: skip
     if car.body_type == "SUV":  # black cladding along the sills
         draw.rectangle([shape.rear * k, (shape.bottom - 7) * k, (shape.front - 6) * k, shape.bottom * k],
                        fill=(30, 30, 30))  # fmt: skip
@@ -322,7 +360,7 @@ def _background(rng: np.random.Generator, size: int) -> tuple[Image.Image, int]:
     )
     img = Image.fromarray(np.repeat(rows[:, None, :], size, axis=1).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(2, 8))):
+    for _ in range(int(rng.integers(1, 7))):
         color = _random_color(rng, (0.05, 0.6), (0.25, 0.9))
         kind = rng.integers(0, 4)
         x = rng.uniform(-0.1, 1.0) * size
@@ -349,17 +387,17 @@ def _render(car: _CarClass, rng: np.random.Generator, out_size: int) -> Image.Im
     """One noisy side-view image of `car`, out_size x out_size RGB."""
     size = out_size * SUPERSAMPLE
     img, horizon = _background(rng, size)
-    length = rng.uniform(0.68, 0.9) * size
-    sprite = _draw_car(car, rng, length / 204)
+    length = rng.uniform(0.75, 0.95) * size
+    sprite = _draw_car(car, rng, length / CANVAS[0])
     if rng.random() < 0.5:
         sprite = sprite.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    sprite = sprite.rotate(float(rng.uniform(-5, 5)), resample=Image.Resampling.BICUBIC, expand=True)
+    sprite = sprite.rotate(float(rng.uniform(-5, 5)), resample=Image.Resampling.BILINEAR, expand=True)
     w, h = sprite.size
     x = round(rng.uniform(0.02, 0.98) * max(size - w, 0) + min(size - w, 0) / 2)
     y_ground = horizon + rng.uniform(0.05, 0.3) * size  # wheels stand below the horizon
     y = round(min(max(y_ground - h, 0.02 * size), size - h - 0.02 * size))
     img.paste(sprite, (x, y), sprite)
-    if rng.random() < 0.25:  # something in front: a post or a bush
+    if rng.random() < 0.15:  # something in front: a post or a bush
         draw = ImageDraw.Draw(img)
         color = _random_color(rng, (0.1, 0.7), (0.2, 0.8))
         px = rng.uniform(0.1, 0.9) * size
@@ -368,12 +406,12 @@ def _render(car: _CarClass, rng: np.random.Generator, out_size: int) -> Image.Im
         else:
             r = rng.uniform(0.05, 0.1) * size
             draw.ellipse([px - r, size - 1.2 * r, px + r, size + 0.8 * r], fill=color)
-    if rng.random() < 0.3:
+    if rng.random() < 0.15:
         img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.5, 1.5))))
     img = img.resize((out_size, out_size), Image.Resampling.BOX)
     pixels = np.asarray(img, dtype=np.float32)
-    gain = rng.uniform(0.85, 1.15, size=3).astype(np.float32)  # colour cast
-    noise = rng.normal(0.0, rng.uniform(3.0, 10.0), size=pixels.shape).astype(np.float32)
+    gain = rng.uniform(0.92, 1.08, size=3).astype(np.float32)  # colour cast
+    noise = rng.normal(0.0, rng.uniform(2.0, 8.0), size=pixels.shape).astype(np.float32)
     pixels = np.clip(pixels * gain + noise, 0, 255).astype(np.uint8)
     return Image.fromarray(pixels, "RGB")
 
@@ -453,6 +491,8 @@ def generate_demo(root: Path, seed: int = 0, per_class: int | None = None) -> Pa
 
 def _move_into_place(tmp: Path, root: Path, wanted: dict[str, object]) -> None:
     """Rename `tmp` to `root`, replacing an empty folder or an outdated demo set there."""
+    if _read_marker(root) == wanted:  # a concurrent run finished the same set first: keep it
+        return
     old: Path | None = None
     if root.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))

@@ -301,9 +301,7 @@ def _read_folders(base: Path) -> tuple[list[str], list[Sample]]:
     ]
     class_names = sorted({name for _, name, _ in found})
     label = {name: i for i, name in enumerate(class_names)}
-    samples = [
-        Sample(path=path, label=label[name], split=split) for split, name, paths in found for path in paths
-    ]
+    samples = [Sample(path=path, label=label[name], split=split) for split, name, paths in found for path in paths]
     samples.sort(key=lambda s: (SPLITS.index(s.split), s.label, s.path))
     return class_names, samples
 
@@ -367,9 +365,7 @@ def _check_classes(source: Path, class_names: list[str], samples: list[Sample]) 
     counts = Counter(sample.label for sample in samples)
     empty = [name for i, name in enumerate(class_names) if counts[i] == 0]
     if empty:
-        raise CarcliError(
-            f"{source}: {len(empty)} of {len(class_names)} classes have no images (first: {empty[0]!r})"
-        )
+        raise CarcliError(f"{source}: {len(empty)} of {len(class_names)} classes have no images (first: {empty[0]!r})")
 
 
 def _val_count(n: int, val_fraction: float) -> int:

@@ -113,8 +113,6 @@ def multitask_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Sum over the predicted tasks of weight * cross-entropy; also the per-task losses."""
     weights = weights or {}
-    per_task = {
-        task: F.cross_entropy(z, targets[task], label_smoothing=label_smoothing) for task, z in logits.items()
-    }
+    per_task = {task: F.cross_entropy(z, targets[task], label_smoothing=label_smoothing) for task, z in logits.items()}
     total = sum(weights.get(task, 1.0) * loss for task, loss in per_task.items())
     return total, per_task  # type: ignore[return-value]
