@@ -114,8 +114,17 @@ class SilentReporter:
         pass
 
 
-def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
-    """Run one training job as `config` says; returns the best metrics and where the files are."""
+def train(
+    config: TrainConfig,
+    reporter: Reporter | None = None,
+    model: CarcliModel | None = None,
+    extra_meta: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Run one training job as `config` says; returns the best metrics and where the files are.
+
+    `model` continues training a model built elsewhere (a pruned one, say) instead of building
+    `config.arch`; `extra_meta` joins the checkpoint metadata so such a model can be rebuilt.
+    """
     reporter = reporter or SilentReporter()
     started = time.perf_counter()
     _check_config(config)  # flag values first, before any slow work
@@ -130,7 +139,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     _seed_everything(config.seed)
     _share_cores(device, config.workers or 0)
     spec = get_arch(config.arch)
-    model = create_model(config.arch, config.head, tasks, config.pretrained, config.drop_rate)
+    if model is None:
+        model = create_model(config.arch, config.head, tasks, config.pretrained, config.drop_rate)
     if config.weights:
         report = load_backbone_weights(model.backbone, Path(config.weights))
         reporter.info(f"loaded {report.loaded} backbone tensors from {config.weights} (matched by {report.mode})")
@@ -152,7 +162,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     scheduler = _cosine_with_warmup(optimizer, config, steps_per_epoch)
     autocast_dtype, scaler = _mixed_precision(device)
 
-    meta_base = _metadata_base(config, spec.mean, spec.std, img_size, taxonomy, dataset)
+    meta_base = {**_metadata_base(config, spec.mean, spec.std, img_size, taxonomy, dataset), **(extra_meta or {})}
     _write_json(run_dir / "config.json", {**meta_base["train"], "run": _run_info(device, parameters, dataset)})
     reporter.info(
         f"{config.arch} + {config.head} head, {parameters / 1e6:.2f} M parameters, {img_size} px, on {device}; "

@@ -44,8 +44,7 @@ def test_large_jpeg_is_decoded_at_reduced_scale(tmp_path):
 
 def test_find_unreadable_names_exactly_the_broken_files(tmp_path):
     real = sorted((STANFORD_CARS / "cars_train").glob("*.jpg"))[:3]
-    if not real:
-        pytest.skip("../shared/data/stanford_cars is not beside the checkout")
+    assert len(real) == 3
     truncated, garbage, missing = tmp_path / "cut.jpg", tmp_path / "text.jpg", tmp_path / "gone.jpg"
     truncated.write_bytes(real[0].read_bytes()[:500])
     garbage.write_bytes(b"hello")
