@@ -14,18 +14,15 @@ never leaves a half-written checkpoint under the final name.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from carcli import __version__
 from carcli.errors import CarcliError
+from carcli.files import atomic_output
 
 if TYPE_CHECKING:
-    from torch import Tensor
-
-    from carcli.models.heads import CarcliModel
+    from torch import Tensor, nn
 
 FORMAT = 1
 METADATA_KEY = "carcli"
@@ -34,19 +31,17 @@ REQUIRED_FIELDS = ("format", "arch", "head", "img_size", "mean", "std", "tasks")
 
 def save_checkpoint(path: Path, state: dict[str, Tensor], meta: dict[str, Any]) -> None:
     """Write tensors + metadata to `path` atomically."""
+    header = {"format": FORMAT, "version": __version__, **meta}
+    write_safetensors(path, state, {METADATA_KEY: json.dumps(header)})
+
+
+def write_safetensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    """Any safetensors file, written atomically: a temporary file in the same folder, then a rename."""
     from safetensors.torch import save_file
 
-    header = {"format": FORMAT, "version": __version__, **meta}
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(header)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -74,21 +69,57 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     return state, meta
 
 
-def load_model(path: Path, device: str = "cpu") -> tuple[CarcliModel, dict[str, Any]]:
-    """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
+def load_model(path: Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights (eval mode).
+
+    Plain, pruned and ensemble checkpoints all come back as a module that maps a batch of images,
+    preprocessed as the metadata's img_size/mean/std say, to {task: logits}.
+    """
+    state, meta = load_checkpoint(path)
+    return build_model(meta, state, str(path)).to(device).eval(), meta
+
+
+def build_model(meta: dict[str, Any], state: dict[str, Tensor], source: str) -> nn.Module:
+    """The model `meta` describes with the tensors of `state` loaded; `source` names it in errors.
+
+    A channel-pruned model (metadata `pruned.structure`) is reshaped before loading; an ensemble
+    (metadata `members`, `weights`) is built from its members, whose tensors carry `member{i}.` prefixes.
+    """
+    if "members" in meta:
+        return _build_ensemble(meta, state, source)
     from carcli.models.registry import create_model
 
-    state, meta = load_checkpoint(path)
     tasks = {task: len(names) for task, names in meta["tasks"].items()}
     model = create_model(meta["arch"], meta["head"], tasks)
-    mismatch = f"{path} does not match the model it describes ({meta['arch']}, head {meta['head']})"
+    if "pruned" in meta:
+        from carcli.prune import rebuild_structure
+
+        rebuild_structure(model, meta["pruned"].get("structure", {}), state)
+    mismatch = f"{source} does not match the model it describes ({meta['arch']}, head {meta['head']})"
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # tensor shapes disagree with the task sizes in the metadata
         raise CarcliError(f"{mismatch}: tensor shapes differ") from exc
     if missing or unexpected:
         raise CarcliError(f"{mismatch}: {len(missing)} tensors missing, {len(unexpected)} unexpected")
-    return model.to(device).eval(), meta
+    return model
+
+
+def _build_ensemble(meta: dict[str, Any], state: dict[str, Tensor], source: str) -> nn.Module:
+    from carcli.ensemble import EnsembleModel
+
+    members_meta, weights = meta["members"], meta.get("weights", [])
+    if not members_meta or len(weights) != len(members_meta):
+        raise CarcliError(f"{source}: ensemble metadata needs as many weights as members")
+    prefixes = [f"member{i}." for i in range(len(members_meta))]
+    stray = [key for key in state if not key.startswith(tuple(prefixes))]
+    if stray:
+        raise CarcliError(f"{source}: {len(stray)} tensors belong to no ensemble member (first: {stray[0]})")
+    members = [
+        build_model(member, {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, source)
+        for prefix, member in zip(prefixes, members_meta, strict=True)
+    ]
+    return EnsembleModel(members, members_meta, weights)
 
 
 def _check_file(path: Path) -> None:

@@ -11,3 +11,9 @@ class UsageError(CarcliError):
     """A flag or argument value that cannot work (exit code 2)."""
 
     exit_code = 2
+
+
+class Interrupted(CarcliError):
+    """The user stopped a run (Ctrl-C); its resumable state was saved (exit code 130, as for SIGINT)."""
+
+    exit_code = 130

@@ -1,4 +1,4 @@
-"""Where carcli keeps things: the data root and the runs folder."""
+"""Where carcli keeps things: the data root, the prepared image stores and the runs folder."""
 
 from __future__ import annotations
 
@@ -16,6 +16,13 @@ def data_home(root: str | Path | None = None) -> Path:
     if os.environ.get("CARCLI_HOME"):
         return Path(os.environ["CARCLI_HOME"]).expanduser() / "data"
     return _cache_dir() / "carcli" / "data"
+
+
+def cache_home() -> Path:
+    """Prepared image stores (`carcli train --cache`): $CARCLI_HOME/cache, else the platform's cache folder."""
+    if os.environ.get("CARCLI_HOME"):
+        return Path(os.environ["CARCLI_HOME"]).expanduser() / "cache"
+    return _cache_dir() / "carcli" / "cache"
 
 
 def _cache_dir() -> Path:
