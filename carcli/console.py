@@ -6,15 +6,33 @@ This is the only module that writes to the terminal; library modules report thro
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from rich import filesize
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from carcli.data.fetch import DataSetInfo, FetchResult
+    from carcli.evaluate import EvalResult
+    from carcli.predict import PredictResult
     from carcli.train import TrainResult
 
 console = Console()
@@ -116,3 +134,210 @@ def render_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str
     for row in rows:
         table.add_row(*row)
     console.print(table)
+
+
+class RichStages:
+    """Progress of eval/predict on stderr (so stdout stays clean for --json): info lines, warnings, one bar a stage."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        )
+
+    def __enter__(self) -> RichStages:
+        if err_console.is_terminal:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress.live.is_started:
+            self.progress.stop()
+
+    def info(self, message: str) -> None:
+        err_console.print(escape(message), highlight=False, soft_wrap=True)
+
+    def warn(self, message: str) -> None:
+        print_warning(message)
+
+    def stage(self, description: str, total: int) -> Callable[[int], None]:
+        task_id = self.progress.add_task(description, total=total)
+        return lambda done: self.progress.update(task_id, completed=done)
+
+
+def print_json_line(obj: Any) -> None:
+    """One compact JSON object on its own line of stdout, nothing else (machine-readable output)."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _table(title: str | None, columns: Sequence[str], left: set[int]) -> Table:
+    """An empty table whose columns are right-aligned except those numbered in `left`."""
+    table = Table(title=title, title_justify="left")
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i in left else "right")
+    return table
+
+
+def render_eval(result: EvalResult) -> None:
+    """The tables of `carcli eval`: metrics per task, hierarchy consistency, the most confused pairs, the files."""
+    report = result.report
+    console.print(
+        f"[bold]{escape(report['checkpoint'])}[/] on {report['n_images']} {report['split']} images of "
+        f"{escape(report['data'])} ({report['seconds']:.1f} s)",
+        highlight=False,
+    )
+    tasks = report["tasks"]
+    crop = any("plain_top1" in m for m in tasks.values())
+    rows = [
+        [
+            task if m["source"] == "head" else f"{task} (from fine)",
+            str(m["classes"]),
+            *(_percent(m[k]) for k in ("top1", "top5", "macro_precision", "macro_recall", "macro_f1")),
+            f"{m['loss']:.3f}",
+            *([_percent(m["plain_top1"])] if crop else []),
+        ]
+        for task, m in tasks.items()
+    ]
+    columns = ["task", "classes", "top-1", "top-5", "precision", "recall", "F1", "loss"]
+    render_table("metrics (macro averages over classes)", [*columns, *(["top-1 w/o crop"] if crop else [])], rows)
+    hierarchy = [(task, m) for task, m in tasks.items() if "implied_top1" in m]
+    if hierarchy:
+        render_table(
+            "hierarchy: the fine prediction mapped up",
+            ("task", "task top-1", "fine -> task top-1", "task = fine -> task"),
+            [(t, _percent(m["top1"]), _percent(m["implied_top1"]), _percent(m.get("agreement"))) for t, m in hierarchy],
+        )
+    if result.most_confused:
+        title = f"most confused pairs (top {len(result.most_confused)})"
+        table = _table(title, ("true class", "predicted as", "images", "share"), left={0, 1})
+        for pair in result.most_confused:
+            table.add_row(pair["true"], pair["predicted"], str(pair["count"]), _percent(pair["share"]))
+        console.print(table)
+    if result.submission_top1 is not None:
+        console.print(f"submission scored by the devkit rule: top-1 {_percent(result.submission_top1)}")
+    console.print(f"wrote {', '.join(escape(p.name) for p in result.files)} to {escape(str(result.out_dir))}")
+
+
+def render_predictions(result: PredictResult) -> None:
+    """A table per image: the top-k fine classes, then make, body type, year and modernity when there are any."""
+    for p in result.predictions:
+        console.print(f"[bold]{escape(p.image)}[/]", highlight=False, soft_wrap=True)
+        table = _table(None, ("#", "class", "probability"), left={1})
+        for rank, item in enumerate(p.top_k, start=1):
+            table.add_row(str(rank), item["label"], _percent(item["score"]))
+        coarse = [f"{task} {a['label']} ({_percent(a['score'])})" for task, a in p.coarse.items() if a is not None]
+        year = p.coarse.get("year") or {}
+        if "expected" in year:
+            coarse.append(f"expected year {year['expected']:.1f}")
+        if p.modernity is not None:
+            coarse.append(f"modernity {p.modernity:.2f}")
+        console.print(table)
+        if coarse:
+            console.print("  ·  ".join(coarse), highlight=False, soft_wrap=True)
+    if result.files:
+        console.print(
+            f"wrote {len(result.files)} files: {escape(', '.join(str(f) for f in result.files[:3]))}"
+            + (" ..." if len(result.files) > 3 else "")
+        )
+
+
+def _amount(done: float, unit: str) -> str:
+    return filesize.decimal(int(done)) if unit == "B" else f"{int(done):,} {unit}"
+
+
+class _AmountColumn(ProgressColumn):
+    """Bytes done / total and the speed for downloads; a count for the other steps."""
+
+    def render(self, task: Task) -> Text:
+        unit = task.fields.get("unit", "")
+        if unit != "B":
+            return Text(f"{int(task.completed):,}/{f'{int(task.total):,}' if task.total else '?'} {unit}")
+        total = filesize.decimal(int(task.total)) if task.total else "?"
+        speed = f"  {filesize.decimal(int(task.speed))}/s" if task.speed else ""
+        return Text(f"{filesize.decimal(int(task.completed))} / {total}{speed}")
+
+
+class FetchProgress:
+    """fetch-data's progress: a bar per download (bytes, speed, ETA) and per step (extract, convert, check).
+
+    Implements `carcli.data.fetch.Reporter`. When stdout is not a terminal there are no live bars:
+    each finished task prints one line instead.
+    """
+
+    def __init__(self) -> None:
+        self.live = console.is_terminal
+        self.bars = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            _AmountColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.tasks: dict[str, Any] = {}
+        self.finished: set[str] = set()
+
+    def __enter__(self) -> FetchProgress:
+        if self.live:
+            self.bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.bars.stop()
+
+    def info(self, message: str) -> None:
+        self.bars.console.print(escape(message), highlight=False, soft_wrap=True)
+
+    def warn(self, message: str) -> None:
+        self.bars.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+    def update(self, task: str, done: int, total: int | None, unit: str) -> None:
+        if task not in self.tasks:
+            self.tasks[task] = self.bars.add_task(task, total=total, unit=unit)
+        self.bars.update(self.tasks[task], completed=done, total=total)
+        if total is not None and done >= total and task not in self.finished:
+            self.finished.add(task)
+            if not self.live:
+                seconds = self.bars.tasks[self.tasks[task]].elapsed or 0.0
+                self.info(f"{task}: {_amount(done, unit)} in {seconds:.1f} s")
+
+
+def render_fetch_result(result: FetchResult) -> None:
+    """The data set(s) fetch-data made: classes, images per split, what was left out, where, how to use it."""
+    results = [result, *([result.prepared] if result.prepared else [])]
+    table = Table(title="data set ready", title_justify="left")
+    for column in ("name", "classes", "images", "unreadable", "path"):
+        table.add_column(column, justify="right" if column in ("classes", "unreadable") else "left")
+    for item in results:
+        images = ", ".join(f"{split} {count:,}" for split, count in item.images.items())
+        name = f"{item.name} (already there)" if item.reused else item.name
+        table.add_row(name, str(item.classes), images, str(item.unreadable), str(item.path))
+    console.print(table)
+    print_info(f"source: {result.source}")
+    if result.unverified:
+        print_warning(f"not verified (no published checksum): {', '.join(result.unverified)}")
+    for item in results:
+        if item.report is not None:
+            print_warning(f"unreadable images were left out; the list is in {item.report}")
+    print_info(f"train on it: carcli train --data {results[-1].path}")
+
+
+def render_data_list(root: Path, infos: Sequence[DataSetInfo]) -> None:
+    """`fetch-data --list`: the known data sets, whether each is there, its size on disk."""
+    rows = [
+        (
+            info.name,
+            info.kind,
+            "present" if info.present else "not fetched",
+            "-" if info.images is None else f"{info.images:,}",
+            "-" if info.size_bytes is None else filesize.decimal(info.size_bytes),
+            str(info.path),
+        )
+        for info in infos
+    ]
+    render_table(f"data sets in {root}", ("name", "kind", "status", "images", "size", "path"), rows)

@@ -1,18 +1,33 @@
 """The training loop, top to bottom: data -> model -> optimizer -> epochs -> checkpoints.
 
-`train(config, reporter)` resolves the configuration (data set defaults, architecture
-defaults), builds everything, and runs the epochs. Each epoch trains, validates, appends a
-line to `metrics.jsonl` and writes `last.st` (and `best.st` when the fine-class top-1
-improved) into the run folder. Progress goes to the `Reporter` the caller hands in.
+`train(config, reporter)` resolves the configuration (data set and architecture defaults, the
+augmentation preset), builds everything and runs the epochs. Each epoch trains, validates (the
+EMA weights when `ema` is on), appends a line to `metrics.jsonl` and `metrics.csv`, redraws
+`curves.png`, writes `last.st` (and `best.st` when the fine-class top-1 improved) and the
+resumable `state.st` into the run folder. Progress goes to the `Reporter` the caller hands in.
+
+Batches reach the model through a `prepare` step: a plain move to the device for images decoded
+and augmented by the loader, or, with `cache` on, uint8 batches from the prepared store
+(`data.packed`) augmented on the device (`data.batch_augment`). `profile` splits each step's
+time into loader wait, preparation and compute.
+
+Launched by `torchrun`, the same code runs DistributedDataParallel: each process trains on its
+shard of every epoch; only rank 0 validates, reports and writes files. Ctrl-C saves a resumable
+state mid-epoch; `resume_config` + `train(..., resume=True)` continue a run exactly where it stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import json
-import math
 import os
 import random
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,48 +35,102 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from carcli import __version__
 from carcli.checkpoint import save_checkpoint
+from carcli.config import apply_options, read_config_file
 from carcli.data import demo
+from carcli.data.batch_augment import BatchAugment, batchable
 from carcli.data.images import ImageDataset, find_unreadable
 from carcli.data.layouts import DataSet, Sample, load_dataset
+from carcli.data.packed import PackedDataset, PackedImages, load_or_build, store_path, store_side
+from carcli.data.sampling import EpochSampler, class_balanced_weights
 from carcli.data.taxonomy import FINE, Taxonomy
-from carcli.data.transforms import eval_transform, train_transform
-from carcli.errors import CarcliError, UsageError
-from carcli.models.heads import CarcliModel, multitask_loss
+from carcli.data.transforms import (
+    AUGMENT_PARTS,
+    AUTO_AUGMENTS,
+    PRESETS,
+    Augment,
+    batch_mixer,
+    eval_transform,
+    resolve_augment,
+    train_transform,
+)
+from carcli.device import resolve_device
+from carcli.errors import CarcliError, Interrupted, UsageError
+from carcli.files import write_text
+from carcli.losses import LOSSES, inverse_frequency_weights, multitask_loss
+from carcli.models.heads import CarcliModel
 from carcli.models.registry import create_model, get_arch
 from carcli.models.weights import load_backbone_weights
-from carcli.paths import RUNS_DIR, data_home
+from carcli.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler, fast_forward
+from carcli.paths import RUNS_DIR, cache_home, data_home
+from carcli.plots import plot_curves
+from carcli.runstate import STATE_FILE, Progress, RunState, load_run_state, read_progress, save_run_state
 
 DEFAULT_EPOCHS = 30
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
-OPTIMIZERS = tuple(DEFAULT_LR)
 DEVICES = ("auto", "cpu", "cuda")
-RUN_FILES = ("best.st", "last.st", "metrics.jsonl")
+BALANCES = ("none", "sampler", "weights")
+RUN_FILES = ("best.st", "last.st", "metrics.jsonl", STATE_FILE)
+RESUME_MAY_CHANGE = {"epochs", "workers", "device", "profile"}
 
 
 @dataclass
 class TrainConfig:
-    """Every option of a training run; `None` means "the data set's or architecture's default"."""
+    """Every option of a training run; `None` means "the data set's, architecture's or preset's default"."""
 
     data: str | None = None
     arch: str = "ghostnet"
     head: str = "linear"
     img_size: int | None = None
+    crop_to_bbox: bool = False
+    bbox_margin: float = 0.1
+    cache: bool = False
     epochs: int | None = None
     batch_size: int | None = None
+    accum_steps: int = 1
     lr: float | None = None
+    backbone_lr_scale: float = 1.0
     optimizer: str = "adamw"
     weight_decay: float = 0.05
     momentum: float = 0.9
+    schedule: str = "cosine"
     warmup_epochs: float = 1.0
+    milestones: list[int] = field(default_factory=list)
+    gamma: float | None = None
+    loss: str = "ce"
     label_smoothing: float = 0.1
     loss_weights: dict[str, float] = field(default_factory=dict)
+    balance: str = "none"
     drop_rate: float = 0.0
+    augment: str = "standard"
+    crop_scale: float | None = None
+    hflip: bool | None = None
+    affine_degrees: float | None = None
+    affine_translate: float | None = None
+    affine_scale: float | None = None
+    affine_shear: float | None = None
+    color_jitter: float | None = None
+    grayscale: float | None = None
+    auto_augment: str | None = None
+    random_erasing: float | None = None
+    mixup: float | None = None
+    cutmix: float | None = None
+    freeze_backbone: bool = False
+    unfreeze_after: int = 0
+    ema: bool = False
+    ema_decay: float = 0.999
+    patience: int = 0
+    clip_grad: float = 0.0
+    channels_last: bool = True  # NHWC: 1.3-1.7x faster training of depthwise-conv nets on CPU (docs/benchmarks.md)
+    compile: bool = False
+    profile: bool = False
     device: str = "auto"
     seed: int = 0
     val_fraction: float = 0.2
@@ -69,6 +138,49 @@ class TrainConfig:
     pretrained: bool = False
     out: str | None = None
     workers: int | None = None
+    tensorboard: bool = False
+
+    @property
+    def augment_parts(self) -> Augment:
+        return resolve_augment(self.augment, {name: getattr(self, name) for name in AUGMENT_PARTS})
+
+
+Prepare = Callable[[Tensor, tuple[int, int]], Tensor]  # (batch from the loader, (epoch, step)) -> model input
+
+
+@dataclass
+class Feed:
+    """The data sets the loaders read and how their batches become model input on the device."""
+
+    train_set: ImageDataset | PackedDataset
+    val_set: ImageDataset | PackedDataset
+    prepare_train: Prepare
+    prepare_val: Prepare
+
+
+class StepClock:
+    """Splits each training step's wall time into phases (loader wait, preparation, compute) when enabled."""
+
+    def __init__(self, device: torch.device, enabled: bool) -> None:
+        self.device, self.enabled = device, enabled
+        self.totals: dict[str, float] = {}
+        self.steps = 0
+        self.last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        """Charge the time since the previous lap to `phase` (waiting for the GPU first, so it is real)."""
+        if not self.enabled:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.totals[phase] = self.totals.get(phase, 0.0) + now - self.last
+        self.last = now
+        self.steps += phase == "compute"
+
+    def per_step(self) -> dict[str, float]:
+        """Milliseconds per step of each phase ({} when disabled)."""
+        return {phase: 1000 * total / max(1, self.steps) for phase, total in self.totals.items()}
 
 
 @dataclass
@@ -83,6 +195,7 @@ class TrainResult:
     images_per_s: float
     seconds: float
     records: list[dict[str, Any]]
+    stopped_early: bool = False
 
 
 class Reporter(Protocol):
@@ -114,105 +227,209 @@ class SilentReporter:
         pass
 
 
+@dataclass
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
 def train(
     config: TrainConfig,
     reporter: Reporter | None = None,
     model: CarcliModel | None = None,
     extra_meta: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> TrainResult:
     """Run one training job as `config` says; returns the best metrics and where the files are.
 
     `model` continues training a model built elsewhere (a pruned one, say) instead of building
     `config.arch`; `extra_meta` joins the checkpoint metadata so such a model can be rebuilt.
+    `resume` continues the run in `config.out` from its `state.st` (see `resume_config`).
     """
-    reporter = reporter or SilentReporter()
     started = time.perf_counter()
     _check_config(config)  # flag values first, before any slow work
-    device = _resolve_device(config.device)
-    dataset = _load_data(config, reporter)
-    _resolve_defaults(config, dataset, device)
+    ddp = _init_distributed(config.device)
+    try:
+        return _train(config, reporter or SilentReporter(), model, extra_meta, resume, ddp, started)
+    finally:
+        if ddp.world > 1:
+            dist.destroy_process_group()
+
+
+def _train(
+    config: TrainConfig,
+    reporter: Reporter,
+    model: CarcliModel | None,
+    extra_meta: dict[str, Any] | None,
+    resume: bool,
+    ddp: Dist,
+    started: float,
+) -> TrainResult:
+    if not ddp.main:
+        reporter = SilentReporter()
+    device = resolve_device(config.device, ddp.local_rank if ddp.world > 1 else None)
+    with _main_first(ddp):
+        dataset = _load_data(config, reporter)
+    _resolve_defaults(config, dataset, device, ddp)
     _check_config(config)
     taxonomy = Taxonomy.from_class_names(dataset.class_names)
     tasks = {task: len(names) for task, names in taxonomy.tasks.items()}
     _check_loss_weights(config.loss_weights, config.head, tasks)
+    augment = config.augment_parts
 
-    _seed_everything(config.seed)
-    _share_cores(device, config.workers or 0)
+    _seed_everything(config.seed + ddp.rank)
+    _share_cores(device, config.workers or 0, ddp)
     spec = get_arch(config.arch)
     if model is None:
         model = create_model(config.arch, config.head, tasks, config.pretrained, config.drop_rate)
-    if config.weights:
+    if config.weights and not resume:
         report = load_backbone_weights(model.backbone, Path(config.weights))
         reporter.info(f"loaded {report.loaded} backbone tensors from {config.weights} (matched by {report.mode})")
     model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     parameters = sum(p.numel() for p in model.parameters())
-    run_dir = _make_run_dir(config)  # only once everything the user asked for is known to work
-    train_samples, val_samples = _readable_splits(dataset, run_dir, reporter)
+    run_dir = Path(config.out or "") if resume else _make_run_dir(config, ddp)
+    state = load_run_state(run_dir) if resume else None
+    train_samples, val_samples = _readable_splits(dataset, run_dir, reporter, ddp)
 
     img_size = config.img_size or spec.img_size
-    train_loader = _loader(
-        ImageDataset(train_samples, train_transform(img_size, spec.mean, spec.std), img_size), config, True
-    )
-    val_loader = _loader(
-        ImageDataset(val_samples, eval_transform(img_size, spec.mean, spec.std), img_size), config, False
-    )
-    fine_to = _fine_to_tensors(taxonomy, device)
-    optimizer = _optimizer(model, config)
+    feed = _feed(config, train_samples, val_samples, img_size, spec.mean, spec.std, device, reporter, ddp)
+    train_set, val_set = feed.train_set, feed.val_set
+    train_labels = [s.label for s in train_samples]
+    balance = class_balanced_weights(train_labels) if config.balance == "sampler" else None
+    sampler = EpochSampler(len(train_set), config.seed, balance, ddp.world, ddp.rank)
+    train_loader = _loader(train_set, config, sampler)
+    val_loader = _loader(val_set, config, None)
     steps_per_epoch = len(train_loader)
-    scheduler = _cosine_with_warmup(optimizer, config, steps_per_epoch)
+    fine_to = _fine_to_tensors(taxonomy, device)
+    class_weights = _class_weights(config, torch.tensor(train_labels, device=device), fine_to, tasks)
+    mixer = batch_mixer(augment, tasks[FINE])
+
+    optimizer = build_optimizer(
+        model,
+        config.optimizer,
+        config.lr or 0.0,
+        config.weight_decay,
+        config.momentum,
+        config.backbone_lr_scale,
+        fused=device.type == "cuda",
+    )
+    updates_per_epoch = -(-steps_per_epoch // config.accum_steps)
+    assert config.epochs is not None
+    scheduler = build_scheduler(
+        optimizer,
+        config.schedule,
+        config.epochs,
+        updates_per_epoch,
+        config.warmup_epochs,
+        config.milestones,
+        config.gamma,
+    )
+    ema = _make_ema(model, config)
     autocast_dtype, scaler = _mixed_precision(device)
+    progress = Progress()
+    if state is not None:
+        progress = _restore(state, model, optimizer, scheduler, ema, scaler)
+    net = _wrap_for_training(model, config, ddp, device)
 
     meta_base = {**_metadata_base(config, spec.mean, spec.std, img_size, taxonomy, dataset), **(extra_meta or {})}
-    _write_json(run_dir / "config.json", {**meta_base["train"], "run": _run_info(device, parameters, dataset)})
+    records = _previous_records(run_dir, progress.epoch) if resume else []
+    if ddp.main:
+        _write_json(run_dir / "config.json", {**meta_base["train"], "run": _run_info(device, parameters, dataset, ddp)})
     reporter.info(
-        f"{config.arch} + {config.head} head, {parameters / 1e6:.2f} M parameters, {img_size} px, on {device}; "
-        f"{len(train_samples)} train / {len(val_samples)} {dataset.eval_split} images; run folder {run_dir}"
+        f"{config.arch} + {config.head} head, {parameters / 1e6:.2f} M parameters, {img_size} px, on {device}"
+        f"{f' x {ddp.world} processes' if ddp.world > 1 else ''}; {len(train_samples)} train / {len(val_samples)} "
+        f"{dataset.eval_split} images; run folder {run_dir}"
+        + (f"; resuming after epoch {progress.epoch}, step {progress.step}" if resume else "")
     )
-
-    records: list[dict[str, Any]] = []
-    best_top1: dict[str, float] = {}
-    best_epoch = 0
-    assert config.epochs is not None
-    for epoch in range(1, config.epochs + 1):
-        epoch_start = time.perf_counter()
-        reporter.epoch_start(epoch, config.epochs, steps_per_epoch)
-        train_stats = _train_one_epoch(
-            model, train_loader, optimizer, scheduler, scaler, autocast_dtype, fine_to, config, device, reporter
-        )
-        val_stats = validate(model, val_loader, fine_to, device, autocast_dtype)
-        record = {
-            "epoch": epoch,
-            "lr": train_stats["lr"],
-            "train_loss": train_stats["loss"],
-            "train_top1": train_stats["top1"],
-            "val_loss": val_stats["loss"],
-            "val_top1": val_stats["top1"],
-            "val_top5": val_stats["top5"],
-            "images_per_s": train_stats["images_per_s"],
-            "seconds": time.perf_counter() - epoch_start,
-        }
-        records.append(record)
-        with open(run_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        improved = not best_top1 or record["val_top1"][FINE] > best_top1[FINE]
-        if improved:
-            best_top1, best_epoch = dict(record["val_top1"]), epoch
-        metrics = {
-            "epoch": epoch,
-            "top1": record["val_top1"],
-            "top5": record["val_top5"],
-            "best_epoch": best_epoch,
-            "best_top1": best_top1,
-        }
-        state = model.state_dict()
-        save_checkpoint(run_dir / "last.st", state, {**meta_base, "metrics": metrics})
-        if improved:
-            save_checkpoint(run_dir / "best.st", state, {**meta_base, "metrics": metrics})
-        reporter.epoch_end(record)
-
+    writer = _tensorboard(run_dir, config, ddp)
+    stopped_early = False
+    with _stop_on_sigint() as stop:
+        for epoch in range(progress.epoch + 1, config.epochs + 1):
+            if config.patience and progress.stale_epochs >= config.patience:
+                stopped_early = True
+                reporter.info(f"early stop: no better {FINE} top-1 for {config.patience} epochs")
+                break
+            epoch_start = time.perf_counter()
+            sampler.set_epoch(epoch)
+            train_loader.generator.manual_seed(config.seed * 10_007 + epoch)  # workers' seeds: per epoch, resumable
+            sampler.set_start(progress.step * (config.batch_size or 1))
+            _set_trainable(model, frozen=config.freeze_backbone or epoch <= config.unfreeze_after)
+            reporter.epoch_start(epoch, config.epochs, len(train_loader))
+            train_stats = _train_one_epoch(
+                net, model, train_loader, feed.prepare_train, optimizer, scheduler, scaler, ema, autocast_dtype,
+                fine_to, class_weights, mixer, config, device, reporter, progress, stop,
+            )  # fmt: skip
+            if stop.is_set():
+                _save_state(run_dir, model, optimizer, ema, scaler, progress, ddp)
+                raise Interrupted(
+                    f"interrupted in epoch {epoch} after step {progress.step}; resumable state saved in {run_dir} "
+                    f"(continue with: carcli train --resume {run_dir})"
+                )
+            record = None
+            if ddp.main:
+                evaluated = ema.module if ema is not None else model
+                val_stats = validate(
+                    evaluated, val_loader, fine_to, device, autocast_dtype, config.channels_last, feed.prepare_val
+                )
+                record = _epoch_record(epoch, train_stats, val_stats, time.perf_counter() - epoch_start)
+                if config.profile:
+                    reporter.info(_profile_line(epoch, train_stats["profile"]))
+                records.append(record)
+                _update_best(progress, record)
+                _write_epoch_files(run_dir, records, evaluated, meta_base, progress, writer)
+            progress.epoch, progress.step = epoch, 0
+            progress.stale_epochs = _broadcast(progress.stale_epochs, ddp)
+            _save_state(run_dir, model, optimizer, ema, scaler, progress, ddp)
+            if record is not None:
+                reporter.epoch_end(record)
+    if writer is not None:
+        writer.close()
     seconds = time.perf_counter() - started
-    images_per_s = float(np.mean([r["images_per_s"] for r in records]))
-    return TrainResult(run_dir, best_epoch, best_top1, config.epochs, parameters, images_per_s, seconds, records)
+    images_per_s = float(np.mean([r["images_per_s"] for r in records])) if records else 0.0
+    return TrainResult(
+        run_dir, progress.best_epoch, progress.best_top1, config.epochs, parameters, images_per_s, seconds, records,
+        stopped_early,
+    )  # fmt: skip
+
+
+def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
+    """The configuration of the run in `run_dir` (its config.json), with `overrides` (only `epochs` may grow).
+
+    A finished run can be extended by a larger `epochs`; other options stay as the run started.
+    """
+    path = run_dir / "config.json"
+    if not (run_dir / STATE_FILE).is_file() or not path.is_file():
+        raise CarcliError(f"--resume: {run_dir} is not a carcli run folder with a saved state ({STATE_FILE})")
+    saved = {k: v for k, v in json.loads(path.read_text()).items() if k != "run"}
+    config = TrainConfig(**apply_options(TrainConfig, saved, str(path)))
+    changed = {k: v for k, v in overrides.items() if getattr(config, k) != v}
+    if set(changed) - RESUME_MAY_CHANGE:
+        names = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(set(changed) - RESUME_MAY_CHANGE))
+        allowed = ", ".join(f"--{k}" for k in sorted(RESUME_MAY_CHANGE))
+        raise UsageError(f"--resume continues a run as it started; only {allowed} may change ({names})")
+    for key, value in changed.items():
+        setattr(config, key, value)
+    config.out = str(run_dir)
+    done = read_progress(run_dir).epoch
+    if done >= (config.epochs or 0):
+        raise UsageError(f"{run_dir} has finished its {done} epochs; pass a larger --epochs to extend it")
+    return config
+
+
+def make_config(options: dict[str, Any], config_file: Path | None = None) -> TrainConfig:
+    """A TrainConfig from a config file (TOML/YAML, optional) overridden by `options` (None = not given)."""
+    values = apply_options(TrainConfig, read_config_file(config_file), str(config_file)) if config_file else {}
+    values.update({key: value for key, value in options.items() if value is not None})
+    return TrainConfig(**values)
 
 
 def parse_loss_weights(text: str | None) -> dict[str, float]:
@@ -227,6 +444,17 @@ def parse_loss_weights(text: str | None) -> dict[str, float]:
     return weights
 
 
+def parse_milestones(text: str | None) -> list[int]:
+    """'10,20' -> [10, 20]."""
+    try:
+        return [int(part) for part in (text or "").split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--milestones expects epoch numbers separated by commas, got {text!r}") from None
+
+
+# ---------------------------------------------------------------- set-up
+
+
 def _load_data(config: TrainConfig, reporter: Reporter) -> DataSet:
     if config.data is not None:
         return load_dataset(Path(config.data), config.val_fraction, config.seed)
@@ -238,7 +466,7 @@ def _load_data(config: TrainConfig, reporter: Reporter) -> DataSet:
     return load_dataset(root, config.val_fraction, config.seed)
 
 
-def _resolve_defaults(config: TrainConfig, dataset: DataSet, device: torch.device) -> None:
+def _resolve_defaults(config: TrainConfig, dataset: DataSet, device: torch.device, ddp: Dist) -> None:
     """Fill unset options: the demo set recommends its own size and schedule; others use general defaults."""
     is_demo = config.data is None
     if config.img_size is None and is_demo:
@@ -253,10 +481,15 @@ def _resolve_defaults(config: TrainConfig, dataset: DataSet, device: torch.devic
         demo_lr = is_demo and config.optimizer == "adamw"
         config.lr = demo.DEMO_LR if demo_lr else DEFAULT_LR.get(config.optimizer, DEFAULT_LR["adamw"])
     if config.workers is None:
-        cores = os.cpu_count() or 1
-        config.workers = min(8, cores) if device.type == "cuda" else min(8, cores // 2)
+        cores = max(1, (os.cpu_count() or 1) // ddp.world)
+        if config.cache and batchable(config.augment_parts):
+            config.workers = 0  # a batch is a memory copy; every core goes to the model
+        else:
+            config.workers = min(8, cores) if device.type == "cuda" else min(8, cores // 2)
     if config.data is None:
         config.data = str(dataset.root)
+    for name, value in asdict(config.augment_parts).items():  # record the preset's values: runs describe themselves
+        setattr(config, name, value)
 
 
 def _check_config(config: TrainConfig) -> None:
@@ -265,12 +498,29 @@ def _check_config(config: TrainConfig) -> None:
     def at_least(value: float | None, low: float) -> bool:
         return value is None or value >= low
 
+    def share(value: float | None) -> bool:
+        return value is None or 0 <= value <= 1
+
     checks = [
         (at_least(config.epochs, 1), "--epochs must be at least 1"),
         (at_least(config.batch_size, 1), "--batch-size must be at least 1"),
+        (config.accum_steps >= 1, "--accum-steps must be at least 1"),
         (config.lr is None or config.lr > 0, "--lr must be positive"),
+        (0 < config.backbone_lr_scale <= 10, "--backbone-lr-scale must be in (0, 10]"),
         (at_least(config.img_size, 32), "--img-size must be at least 32"),
         (config.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
+        (config.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
+        (all(m >= 1 for m in config.milestones), "--milestones must be epoch numbers of 1 or more"),
+        (config.gamma is None or 0 < config.gamma <= 1, "--gamma must be in (0, 1]"),
+        (config.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
+        (config.balance in BALANCES, f"--balance must be one of {', '.join(BALANCES)}"),
+        (config.augment in PRESETS, f"--augment must be one of {', '.join(PRESETS)}"),
+        (config.auto_augment in (None, *AUTO_AUGMENTS), f"--auto-augment must be one of {', '.join(AUTO_AUGMENTS)}"),
+        (config.crop_scale is None or 0 < config.crop_scale <= 1, "--crop-scale must be in (0, 1]"),
+        (share(config.grayscale) and share(config.random_erasing), "--grayscale/--random-erasing are probabilities"),
+        (share(config.affine_translate) and share(config.affine_scale), "--affine-translate/-scale must be in [0, 1]"),
+        (at_least(config.mixup, 0) and at_least(config.cutmix, 0), "--mixup/--cutmix must be 0 (off) or more"),
+        (at_least(config.color_jitter, 0), "--color-jitter must be 0 or more"),
         (config.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
         (at_least(config.workers, 0), "--workers must be 0 or more"),
         (config.weight_decay >= 0, "--weight-decay must be 0 or more"),
@@ -278,6 +528,10 @@ def _check_config(config: TrainConfig) -> None:
         (0 <= config.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
         (config.warmup_epochs >= 0, "--warmup-epochs must be 0 or more"),
         (0 <= config.drop_rate < 1, "--drop-rate must be in [0, 1)"),
+        (0 < config.ema_decay < 1, "--ema-decay must be in (0, 1)"),
+        (config.patience >= 0 and config.unfreeze_after >= 0, "--patience/--unfreeze-after must be 0 or more"),
+        (config.clip_grad >= 0, "--clip-grad must be 0 (off) or more"),
+        (config.bbox_margin >= 0, "--bbox-margin must be 0 or more"),
         (not (config.weights and config.pretrained), "use either --weights or --pretrained, not both"),
     ]
     for ok, message in checks:
@@ -294,21 +548,27 @@ def _check_loss_weights(weights: dict[str, float], head: str, tasks: dict[str, i
             raise UsageError(f"--loss-weights: the weight of {task!r} must be 0 or more")
 
 
-def _make_run_dir(config: TrainConfig) -> Path:
+def _make_run_dir(config: TrainConfig, ddp: Dist) -> Path:
     if config.out:
         run_dir = Path(config.out)
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = RUNS_DIR / f"{stamp}-{config.arch.replace(':', '-')}-{config.head}"
-    taken = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if taken:
-        raise CarcliError(f"{run_dir} already holds a run ({', '.join(taken)}); choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(_broadcast(str(run_dir), ddp))  # every process uses rank 0's name
+    if ddp.main:
+        taken = [name for name in RUN_FILES if (run_dir / name).exists()]
+        if taken:
+            raise CarcliError(
+                f"{run_dir} already holds a run ({', '.join(taken)}); choose another --out or continue it with --resume"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
     config.out = str(run_dir)
     return run_dir
 
 
-def _readable_splits(dataset: DataSet, run_dir: Path, reporter: Reporter) -> tuple[list[Sample], list[Sample]]:
+def _readable_splits(
+    dataset: DataSet, run_dir: Path, reporter: Reporter, ddp: Dist
+) -> tuple[list[Sample], list[Sample]]:
     """Train and eval samples without the files that cannot be decoded (listed in unreadable.txt)."""
     train_samples, val_samples = dataset.split("train"), dataset.split(dataset.eval_split)
     if dataset.eval_split == "train":
@@ -316,7 +576,8 @@ def _readable_splits(dataset: DataSet, run_dir: Path, reporter: Reporter) -> tup
     bad = set(find_unreadable([s.path for s in train_samples + val_samples]))
     if bad:
         listing = run_dir / "unreadable.txt"
-        listing.write_text("".join(f"{p}\n" for p in sorted(bad)))
+        if ddp.main:
+            write_text(listing, "".join(f"{p}\n" for p in sorted(bad)))
         reporter.warn(f"skipped {len(bad)} unreadable images; list written to {listing}")
         train_samples = [s for s in train_samples if s.path not in bad]
         val_samples = [s for s in val_samples if s.path not in bad]
@@ -331,18 +592,41 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CarcliError("--device cuda asked for, but no CUDA GPU is available; use --device cpu or auto")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+def _init_distributed(device_name: str) -> Dist:
+    """Join the torchrun job when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on GPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def _share_cores(device: torch.device, workers: int) -> None:
+@contextlib.contextmanager
+def _main_first(ddp: Dist) -> Iterator[None]:
+    """Rank 0 runs the block first (say, generating the demo set), then the others."""
+    if ddp.world > 1 and not ddp.main:
+        dist.barrier()
+    yield
+    if ddp.world > 1 and ddp.main:
+        dist.barrier()
+
+
+def _broadcast(value: Any, ddp: Dist) -> Any:
+    """Rank 0's `value` on every process."""
+    if ddp.world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _share_cores(device: torch.device, workers: int, ddp: Dist) -> None:
     """On CPU, leave one core per loader worker: oversubscribed OpenMP threads slow training many times over."""
-    if device.type == "cpu" and workers:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+    if device.type == "cpu" and (workers or ddp.world > 1):
+        cores = max(1, (os.cpu_count() or 1) // ddp.world)
+        torch.set_num_threads(max(1, cores - workers))
 
 
 def _worker_seed(worker_id: int) -> None:
@@ -351,20 +635,73 @@ def _worker_seed(worker_id: int) -> None:
     np.random.seed(seed)
 
 
-def _loader(dataset: ImageDataset, config: TrainConfig, shuffle: bool) -> DataLoader:
-    generator = torch.Generator().manual_seed(config.seed)
+def _loader(dataset: ImageDataset | PackedDataset, config: TrainConfig, sampler: EpochSampler | None) -> DataLoader:
+    """Training batches in the sampler's order, or evaluation batches in file order (sampler None).
+
+    Workers start afresh each epoch from a generator seeded by the sampler's epoch, so a resumed
+    run draws the same augmentation as an uninterrupted one.
+    """
     workers = config.workers or 0
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
-        shuffle=shuffle,
-        drop_last=shuffle and len(dataset) > (config.batch_size or 1),
+        sampler=sampler,
+        drop_last=sampler is not None and len(sampler) > (config.batch_size or 1),  # no 1-image batch-norm steps
         num_workers=workers,
-        persistent_workers=workers > 0,
+        persistent_workers=sampler is None and workers > 0,
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=_worker_seed,
-        generator=generator,
+        generator=torch.Generator().manual_seed(config.seed),
     )
+
+
+def _feed(
+    config: TrainConfig,
+    train_samples: list[Sample],
+    val_samples: list[Sample],
+    img_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
+    reporter: Reporter,
+    ddp: Dist,
+) -> Feed:
+    """Decode-every-epoch data sets, or (`cache`) the prepared store with augmentation on the device."""
+    augment = config.augment_parts
+    crop = config.bbox_margin if config.crop_to_bbox else None
+
+    def to_device(images: Tensor, key: tuple[int, int]) -> Tensor:
+        return images.to(device, non_blocking=True)
+
+    if not config.cache:
+        train_set = ImageDataset(train_samples, train_transform(img_size, mean, std, augment), img_size, crop)
+        return Feed(train_set, ImageDataset(val_samples, eval_transform(img_size, mean, std), img_size, crop),
+                    to_device, to_device)  # fmt: skip
+    with _main_first(ddp):
+        train_store, val_store = (
+            _store(samples, store_side(img_size, training), crop, reporter)
+            for samples, training in ((train_samples, True), (val_samples, False))
+        )
+    val_feed = PackedDataset(val_store), BatchAugment(img_size, mean, std, None, device)
+    if batchable(augment):
+        on_device = BatchAugment(img_size, mean, std, augment, device, config.seed + ddp.rank)
+        return Feed(PackedDataset(train_store), val_feed[0], on_device, val_feed[1])
+    reporter.info("--cache: affine, RandAugment and TrivialAugment have no batched form; augmenting per image")
+    per_image = PackedDataset(train_store, train_transform(img_size, mean, std, augment))
+    return Feed(per_image, val_feed[0], to_device, val_feed[1])
+
+
+def _store(samples: list[Sample], side: int, crop: float | None, reporter: Reporter) -> PackedImages:
+    path = store_path(samples, side, cache_home(), crop)
+    if not path.is_file():
+        reporter.info(f"--cache: preparing {len(samples)} images at {side} px, once, into {path}")
+    return load_or_build(samples, side, cache_home(), crop)
+
+
+def _profile_line(epoch: int, per_step: dict[str, float]) -> str:
+    total = sum(per_step.values()) or 1.0
+    parts = ", ".join(f"{phase} {ms:.1f} ms ({100 * ms / total:.0f} %)" for phase, ms in per_step.items())
+    return f"profile, epoch {epoch}, per step: {parts}"
 
 
 def _fine_to_tensors(taxonomy: Taxonomy, device: torch.device) -> dict[str, Tensor]:
@@ -374,29 +711,31 @@ def _fine_to_tensors(taxonomy: Taxonomy, device: torch.device) -> dict[str, Tens
     return {task: m.to(device) for task, m in maps.items()}
 
 
-def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=config.lr)
+def _class_weights(
+    config: TrainConfig, labels: Tensor, fine_to: dict[str, Tensor], tasks: dict[str, int]
+) -> dict[str, Tensor] | None:
+    """`--balance weights`: inverse-frequency loss weights for every task, from the training labels."""
+    if config.balance != "weights":
+        return None
+    return {task: inverse_frequency_weights(fine_to[task][labels], tasks[task]) for task in tasks}
 
 
-def _cosine_with_warmup(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step schedule: linear warmup to the base lr, then cosine decay to zero."""
-    total = max(1, (config.epochs or 1) * steps_per_epoch)
-    warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
+def _make_ema(model: nn.Module, config: TrainConfig) -> torch.optim.swa_utils.AveragedModel | None:
+    if not config.ema:
+        return None
+    from torch.optim.swa_utils import AveragedModel
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor | int) -> None:
+        # decay warms up as in timm's ModelEmaV3: (1 + n) / (10 + n), capped at ema_decay
+        n = int(num_averaged)
+        decay = min(config.ema_decay, (1 + n) / (10 + n))
+        for avg, cur in zip(averaged, current, strict=True):
+            if avg.is_floating_point():
+                avg.lerp_(cur.to(avg.dtype), 1 - decay)
+            else:  # counters such as num_batches_tracked
+                avg.copy_(cur)
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
 def _mixed_precision(device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
@@ -408,72 +747,231 @@ def _mixed_precision(device: torch.device) -> tuple[torch.dtype | None, torch.am
     return torch.float16, torch.amp.GradScaler("cuda")
 
 
+def _wrap_for_training(model: CarcliModel, config: TrainConfig, ddp: Dist, device: torch.device) -> nn.Module:
+    """DDP when distributed, torch.compile when asked; checkpoints always come from the plain `model`."""
+    net: nn.Module = model
+    if ddp.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        staged = config.freeze_backbone or config.unfreeze_after > 0
+        ids = [device.index] if device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=staged)
+    if config.compile:
+        net = torch.compile(net)  # type: ignore[assignment]
+    return net
+
+
+def _set_trainable(model: CarcliModel, frozen: bool) -> None:
+    """Freeze (no gradients, batch-norm statistics fixed) or unfreeze the backbone."""
+    for p in model.backbone.parameters():
+        p.requires_grad_(not frozen)
+    model.train()
+    if frozen:
+        model.backbone.eval()
+
+
+def _restore(
+    state: RunState,
+    model: CarcliModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ema: torch.optim.swa_utils.AveragedModel | None,
+    scaler: torch.amp.GradScaler | None,
+) -> Progress:
+    model.load_state_dict(state.model)
+    optimizer.load_state_dict(state.optimizer)
+    fast_forward(scheduler, state.progress.global_step)  # after the optimizer: its lr is the (maybe longer) schedule's
+    if ema is not None and state.ema is not None:
+        ema.load_state_dict(state.ema)
+    if scaler is not None and state.scaler:
+        scaler.load_state_dict(state.scaler)
+    return state.progress
+
+
+def _save_state(
+    run_dir: Path,
+    model: CarcliModel,
+    optimizer: torch.optim.Optimizer,
+    ema: torch.optim.swa_utils.AveragedModel | None,
+    scaler: torch.amp.GradScaler | None,
+    progress: Progress,
+    ddp: Dist,
+) -> None:
+    if not ddp.main:
+        return
+    save_run_state(
+        run_dir,
+        RunState(
+            progress=progress,
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            ema=ema.state_dict() if ema is not None else None,
+            scaler=scaler.state_dict() if scaler is not None else None,
+        ),
+    )
+
+
+@contextlib.contextmanager
+def _stop_on_sigint() -> Iterator[threading.Event]:
+    """The first Ctrl-C asks the loop to stop after the current step (it saves a resumable state);
+    a second one interrupts at once."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _tensorboard(run_dir: Path, config: TrainConfig, ddp: Dist) -> Any:
+    if not (config.tensorboard and ddp.main):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+# ---------------------------------------------------------------- one epoch
+
+
 def _targets(labels: Tensor, fine_to: dict[str, Tensor], tasks: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {task: fine_to[task][labels] for task in tasks}
+    """Each task's targets from fine labels: indices, or class probabilities for mixed (soft) fine labels."""
+    if labels.ndim == 1:
+        return {task: fine_to[task][labels] for task in tasks}
+    return {task: labels @ F.one_hot(fine_to[task]).to(labels.dtype) for task in tasks}
 
 
 def _train_one_epoch(
+    net: nn.Module,
     model: CarcliModel,
     loader: DataLoader,
+    prepare: Prepare,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler | None,
+    ema: torch.optim.swa_utils.AveragedModel | None,
     autocast_dtype: torch.dtype | None,
     fine_to: dict[str, Tensor],
+    class_weights: dict[str, Tensor] | None,
+    mixer: Any,
     config: TrainConfig,
     device: torch.device,
     reporter: Reporter,
-) -> dict[str, float]:
-    model.train()
-    seen, loss_sum, correct, lr = 0, 0.0, 0, 0.0
+    progress: Progress,
+    stop: threading.Event,
+) -> dict[str, Any]:
+    seen, loss_sum, correct = 0, 0.0, 0
+    lr = optimizer.param_groups[-1]["lr"]
     start = time.perf_counter()
-    for images, labels in loader:
-        images = images.to(device, non_blocking=True)
+    optimizer.zero_grad(set_to_none=True)
+    last = len(loader) - 1
+    clock = StepClock(device, config.profile)
+    for index, (images, labels) in enumerate(loader):
+        clock.lap("load")
+        images = prepare(images, (progress.epoch + 1, progress.step))
         labels = labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(images)
-            targets = _targets(labels, fine_to, logits)
-            loss, _ = multitask_loss(logits, targets, config.loss_weights, config.label_smoothing)
-        if not torch.isfinite(loss):
-            raise CarcliError(
-                f"the loss became {loss.item()} (not finite); the run stopped and keeps its last good "
-                "checkpoint; try a lower --lr"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        batch = labels.numel()
+        clock.lap("prepare")
+        hard = labels
+        if mixer is not None:
+            images, labels = mixer(images, labels)
+        if config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        update = (index + 1) % config.accum_steps == 0 or index == last
+        sync = contextlib.nullcontext() if update or not hasattr(net, "no_sync") else net.no_sync()
+        with sync:
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits = net(images)
+                targets = _targets(labels, fine_to, logits)
+                loss, _ = multitask_loss(
+                    logits, targets, config.loss_weights, config.label_smoothing, class_weights, config.loss == "cot"
+                )
+            if not torch.isfinite(loss):
+                raise CarcliError(
+                    f"the loss became {loss.item()} (not finite); the run stopped and keeps its last good "
+                    "checkpoint; try a lower --lr or --clip-grad"
+                )
+            _backward(loss / config.accum_steps, scaler)
+        if update:
+            lr = optimizer.param_groups[-1]["lr"]
+            _optimizer_step(model, optimizer, scaler, config.clip_grad)
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            progress.global_step += 1
+        progress.step += 1
+        clock.lap("compute")
+        batch = hard.numel()
         seen += batch
         loss_sum += loss.item() * batch
-        correct += int((logits[FINE].argmax(1) == labels).sum())
-        elapsed = time.perf_counter() - start
-        reporter.step({"loss": loss_sum / seen, "top1": correct / seen, "images_per_s": seen / elapsed})
-    elapsed = time.perf_counter() - start
-    return {"loss": loss_sum / max(1, seen), "top1": correct / max(1, seen), "images_per_s": seen / elapsed, "lr": lr}
+        correct += int((logits[FINE].argmax(1) == hard).sum())
+        reporter.step({"loss": loss_sum / seen, "top1": correct / seen, "images_per_s": seen / _since(start)})
+        if stop.is_set() and update:
+            break
+    return {
+        "loss": loss_sum / max(1, seen),
+        "top1": correct / max(1, seen),
+        "images_per_s": seen / _since(start),
+        "lr": lr,
+        "profile": clock.per_step(),
+    }
+
+
+def _backward(loss: Tensor, scaler: torch.amp.GradScaler | None) -> None:
+    if scaler is not None:
+        scaler.scale(loss).backward()
+    else:
+        loss.backward()
+
+
+def _optimizer_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, clip_grad: float
+) -> None:
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if clip_grad:
+        nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _since(start: float) -> float:
+    return max(1e-9, time.perf_counter() - start)
 
 
 @torch.no_grad()
 def validate(
-    model: CarcliModel,
+    model: nn.Module,
     loader: DataLoader,
     fine_to: dict[str, Tensor],
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    prepare: Prepare | None = None,
 ) -> dict[str, Any]:
     """Mean loss (sum over tasks, no smoothing) and top-1 / top-5 per task on a loader."""
     model.eval()
     seen, loss_sum = 0, 0.0
     top1: dict[str, int] = {}
     top5: dict[str, int] = {}
-    for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
+    for index, (images, labels) in enumerate(loader):
+        images = prepare(images, (0, index)) if prepare else images.to(device)
+        labels = labels.to(device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(images)
         targets = _targets(labels, fine_to, logits)
@@ -490,6 +988,97 @@ def validate(
         "top1": {t: c / max(1, seen) for t, c in top1.items()},
         "top5": {t: c / max(1, seen) for t, c in top5.items()},
     }
+
+
+# ---------------------------------------------------------------- records and files
+
+
+def _epoch_record(epoch: int, train_stats: dict[str, float], val_stats: dict[str, Any], seconds: float) -> dict:
+    return {
+        "epoch": epoch,
+        "lr": train_stats["lr"],
+        "train_loss": train_stats["loss"],
+        "train_top1": train_stats["top1"],
+        "val_loss": val_stats["loss"],
+        "val_top1": val_stats["top1"],
+        "val_top5": val_stats["top5"],
+        "images_per_s": train_stats["images_per_s"],
+        "seconds": seconds,
+        **({"profile": train_stats["profile"]} if train_stats["profile"] else {}),
+    }
+
+
+def _update_best(progress: Progress, record: dict[str, Any]) -> None:
+    if not progress.best_top1 or record["val_top1"][FINE] > progress.best_top1[FINE]:
+        progress.best_top1, progress.best_epoch, progress.stale_epochs = dict(record["val_top1"]), record["epoch"], 0
+    else:
+        progress.stale_epochs += 1
+
+
+def _write_epoch_files(
+    run_dir: Path,
+    records: list[dict[str, Any]],
+    model: nn.Module,
+    meta_base: dict[str, Any],
+    progress: Progress,
+    writer: Any,
+) -> None:
+    """metrics.jsonl (appended), metrics.csv, curves.png, last.st and, when it improved, best.st."""
+    record = records[-1]
+    with open(run_dir / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    _write_csv(run_dir / "metrics.csv", records)
+    plot_curves(records, run_dir / "curves.png")
+    metrics = {
+        "epoch": record["epoch"],
+        "top1": record["val_top1"],
+        "top5": record["val_top5"],
+        "best_epoch": progress.best_epoch,
+        "best_top1": progress.best_top1,
+    }
+    state = model.state_dict()
+    save_checkpoint(run_dir / "last.st", state, {**meta_base, "metrics": metrics})
+    if progress.best_epoch == record["epoch"]:
+        save_checkpoint(run_dir / "best.st", state, {**meta_base, "metrics": metrics})
+    if writer is not None:
+        for name, value in _flat(record).items():
+            if name != "epoch":
+                writer.add_scalar(name.replace("_", "/", 1), value, record["epoch"])  # train/loss, val/top1/model
+        writer.flush()
+
+
+def _flat(record: dict[str, Any]) -> dict[str, float]:
+    """One level: val_top1 {"model": x} -> val_top1_model."""
+    flat: dict[str, float] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}_{task}": v for task, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _write_csv(path: Path, records: list[dict[str, Any]]) -> None:
+    rows = [_flat(r) for r in records]
+    buffer = io.StringIO()
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # --profile may join on resume
+    out = csv.DictWriter(buffer, fieldnames=columns)
+    out.writeheader()
+    out.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def _previous_records(run_dir: Path, epochs_done: int) -> list[dict[str, Any]]:
+    """The metrics.jsonl lines of the epochs the saved state covers; later (or torn) lines are dropped."""
+    path = run_dir / "metrics.jsonl"
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        with contextlib.suppress(json.JSONDecodeError):
+            record = json.loads(line)
+            if record.get("epoch", 0) <= epochs_done:
+                records.append(record)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    return records
 
 
 def _metadata_base(
@@ -514,11 +1103,12 @@ def _metadata_base(
     }
 
 
-def _run_info(device: torch.device, parameters: int, dataset: DataSet) -> dict[str, Any]:
+def _run_info(device: torch.device, parameters: int, dataset: DataSet, ddp: Dist) -> dict[str, Any]:
     return {
         "carcli": __version__,
         "torch": torch.__version__,
         "device": str(device),
+        "processes": ddp.world,
         "parameters": parameters,
         "data_layout": dataset.layout,
         "classes": len(dataset.class_names),
@@ -526,4 +1116,4 @@ def _run_info(device: torch.device, parameters: int, dataset: DataSet) -> dict[s
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
+    write_text(path, json.dumps(obj, indent=2) + "\n")

