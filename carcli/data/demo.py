@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from carcli.errors import CarcliError
+from carcli.files import usual_mode
 
 DEMO_NAME = "demo"
 DEMO_IMG_SIZE = 64
@@ -480,6 +481,7 @@ def generate_demo(root: Path, seed: int = 0, per_class: int | None = None) -> Pa
         raise CarcliError(f"{root} exists and is not a carcli demo data set; choose another folder")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    tmp.chmod(usual_mode(directory=True))
     try:
         _write_set(tmp, seed, counts)
         (tmp / MARKER).write_text(json.dumps(wanted, indent=1) + "\n", encoding="utf-8")

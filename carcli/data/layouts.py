@@ -190,7 +190,8 @@ def _load_mat(path: Path) -> dict[str, Any]:
         raise CarcliError(f"cannot read {path}: {err}") from None
 
 
-def _mat_class_names(path: Path) -> list[str]:
+def read_class_names(path: Path) -> list[str]:
+    """The class names of a devkit cars_meta.mat, in class order (class i + 1 is name i)."""
     mat = _load_mat(path)
     if "class_names" not in mat:
         raise CarcliError(f"{path} has no class_names")
@@ -274,7 +275,7 @@ def _read_devkit(base: Path) -> tuple[list[str], list[Sample]]:
     meta, train_annos = _devkit_file(base, DEVKIT_META), _devkit_file(base, DEVKIT_TRAIN_ANNOS)
     if meta is None or train_annos is None:
         raise CarcliError(f"{base}: {DEVKIT_META} or {DEVKIT_TRAIN_ANNOS} is missing")
-    names = _mat_class_names(meta)
+    names = read_class_names(meta)
     train = _mat_annotations(train_annos)
     if train is None:
         raise CarcliError(f"{train_annos}: annotations have no class field")
