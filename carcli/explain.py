@@ -1,0 +1,234 @@
+"""Explanations: Grad-CAM heat maps (torchcam), gradient saliency, and the CAM crop for two-pass prediction.
+
+Grad-CAM is torchcam's `GradCAM`, hooked on the last layer of the model whose output is still a
+spatial feature map (torchcam locates it with one forward pass, so every timm and torchvision
+backbone, a pruned model and an ensemble are served alike). Heat maps are computed for the top
+fine class. The CAM crop (`--crop cam`) thresholds the map, keeps its strongest connected region,
+crops the photo to that box (plus a margin) and predicts again; the answer is the mean of both passes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from carcli.data.images import ImageDataset, centre_square, open_rgb
+from carcli.data.layouts import Sample
+from carcli.data.taxonomy import FINE
+from carcli.evaluate import SilentStages, StageReporter, dataset_probs, view_transform
+from carcli.files import atomic_output
+
+if TYPE_CHECKING:
+    from torchcam.methods import GradCAM
+
+CAM_THRESHOLD = 0.2  # share of the map's maximum that counts as object
+CROP_MARGIN = 0.1  # the CAM box grows by this share of its size on each side
+MIN_CROP = 0.3  # a CAM box is never narrower or lower than this share of the image
+DISPLAY_SIZE = 448  # longest side of the written overlays
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 as shares of the image's width and height
+
+
+@contextmanager
+def grad_cam(model: nn.Module, img_size: int) -> Iterator[GradCAM]:
+    """torchcam's GradCAM on `model`, hooked on its last spatial feature map; the hooks go when the block ends."""
+    from torchcam.methods import GradCAM
+
+    logging.getLogger("torchcam").setLevel(logging.ERROR)  # it logs the layer it chose as a warning
+    with GradCAM(model.eval(), None, input_shape=(3, img_size, img_size)) as extractor:
+        yield extractor
+
+
+def cam_maps(
+    model: nn.Module, extractor: GradCAM, images: Tensor, classes: Sequence[int] | None = None
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Logits per task and Grad-CAM maps (B, H, W) in [0, 1] at the input size, for `classes` (default: top-1)."""
+    with torch.enable_grad():
+        logits = model(images)
+        chosen = list(classes) if classes is not None else logits[FINE].argmax(1).tolist()
+        [maps] = extractor(class_idx=chosen, scores=logits[FINE])
+    maps = F.interpolate(maps[:, None].float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
+    return {task: z.detach() for task, z in logits.items()}, maps[:, 0].clamp(0, 1).cpu()
+
+
+def saliency_maps(model: nn.Module, images: Tensor, classes: Sequence[int]) -> Tensor:
+    """Gradient saliency: |d score / d pixel|, the maximum over colour channels, scaled to [0, 1] per image."""
+    with torch.enable_grad():
+        inputs = images.detach().clone().requires_grad_(True)
+        scores = model(inputs)[FINE]
+        picked = scores.gather(1, torch.tensor(list(classes), device=scores.device)[:, None]).sum()
+        (grad,) = torch.autograd.grad(picked, inputs)
+    sal = grad.abs().amax(1).cpu()
+    low = sal.flatten(1).amin(1)[:, None, None]
+    high = sal.flatten(1).amax(1)[:, None, None]
+    return (sal - low) / (high - low).clamp_min(1e-12)
+
+
+def cam_box(cam: Tensor) -> Box:
+    """The box around the strongest connected region of `cam` above CAM_THRESHOLD, grown by CROP_MARGIN."""
+    from scipy import ndimage
+
+    values = cam.numpy()
+    labels, count = ndimage.label(values >= CAM_THRESHOLD * max(float(values.max()), 1e-12))
+    if count == 0:
+        return (0.0, 0.0, 1.0, 1.0)
+    mass = ndimage.sum(values, labels, index=range(1, count + 1))
+    rows, cols = np.nonzero(labels == int(np.argmax(mass)) + 1)
+    height, width = values.shape
+    x = _span(cols.min() / width, (cols.max() + 1) / width)
+    y = _span(rows.min() / height, (rows.max() + 1) / height)
+    return (x[0], y[0], x[1], y[1])
+
+
+def _span(low: float, high: float) -> tuple[float, float]:
+    """[low, high] grown by the margin, at least MIN_CROP wide, inside [0, 1]."""
+    grow = CROP_MARGIN * (high - low)
+    low, high = low - grow, high + grow
+    if high - low < MIN_CROP:
+        centre = (low + high) / 2
+        low, high = centre - MIN_CROP / 2, centre + MIN_CROP / 2
+    shift = max(0.0, -low) - max(0.0, high - 1)
+    return max(0.0, low + shift), min(1.0, high + shift)
+
+
+class CroppedDataset(ImageDataset):
+    """Samples cropped to a box given as shares of each image's centre square (the evaluation view)."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        boxes: Sequence[Box],
+        transform: Callable[[Image.Image], Any],
+        min_size: int,
+        crop_margin: float | None = None,
+    ) -> None:
+        super().__init__(samples, transform, min_size, crop_margin)
+        self.boxes = list(boxes)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        sample, (x1, y1, x2, y2) = self.samples[index], self.boxes[index]
+        min_size = int(self.min_size / max(min(x2 - x1, y2 - y1), MIN_CROP))
+        box = sample.bbox if self.crop_margin is not None else None
+        img = open_rgb(sample.path, min_size, box, self.crop_margin or 0.0)
+        left, top, side = centre_square(*img.size)  # the box is in shares of the view: the centre square
+        crop = (left + x1 * side, top + y1 * side, left + x2 * side, top + y2 * side)
+        return self.transform(img.crop(crop)), sample.label
+
+
+def cam_crop_probs(
+    model: nn.Module,
+    meta: dict[str, Any],
+    samples: Sequence[Sample],
+    batch_size: int = 64,
+    device: str = "cpu",
+    workers: int = 0,
+    crop_margin: float | None = None,
+    reporter: StageReporter | None = None,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Two-pass prediction: (first-pass probabilities, mean of the first pass and the CAM-crop pass) per task."""
+    reporter = reporter or SilentStages()
+    size = int(meta["img_size"])
+    model.eval().to(device)
+    loader = DataLoader(
+        ImageDataset(samples, view_transform(meta), size, crop_margin), batch_size=batch_size, num_workers=workers
+    )
+    progress = reporter.stage("pass 1: Grad-CAM", len(samples))
+    first: dict[str, list[Tensor]] = {}
+    boxes: list[Box] = []
+    with grad_cam(model, size) as extractor:
+        for images, _ in loader:
+            logits, maps = cam_maps(model, extractor, images.to(device))
+            for task, z in logits.items():
+                first.setdefault(task, []).append(z.float().softmax(1).cpu())
+            boxes.extend(cam_box(m) for m in maps)
+            progress(len(boxes))
+    cropped = CroppedDataset(samples, boxes, view_transform(meta), size, crop_margin)
+    progress = reporter.stage("pass 2: CAM crops", len(samples))
+    second = dataset_probs(model, cropped, batch_size, device, workers, progress)
+    plain = {task: torch.cat(parts) for task, parts in first.items()}
+    return plain, {task: (plain[task] + second[task]) / 2 for task in plain}
+
+
+# ---------------------------------------------------------------- overlays
+
+
+def overlay(img: Image.Image, heat: Tensor, caption: str) -> Image.Image:
+    """The heat map (H, W in [0, 1]) over `img` with torchcam's colour overlay, and a caption strip below."""
+    from torchcam.utils import overlay_mask
+
+    img = img.copy()
+    img.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE))
+    mask = Image.fromarray(heat.numpy().astype(np.float32), mode="F")
+    blended = overlay_mask(img, mask, alpha=0.5)
+    font = ImageFont.load_default(size=max(11, blended.width // 32))
+    strip = int(font.size * 1.6)
+    sheet = Image.new("RGB", (blended.width, blended.height + strip), "white")
+    sheet.paste(blended, (0, 0))
+    ImageDraw.Draw(sheet).text((4, blended.height + strip * 0.2), caption, fill="black", font=font)
+    return sheet
+
+
+@dataclass
+class Explanation:
+    """What to explain for one image: its file, the class to explain and the caption of the overlay."""
+
+    path: Path
+    label: int
+    caption: str
+
+
+def write_explanations(
+    model: nn.Module,
+    meta: dict[str, Any],
+    items: Sequence[Explanation],
+    out_dir: Path,
+    saliency: bool = False,
+    batch_size: int = 16,
+    device: str = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> list[Path]:
+    """One Grad-CAM overlay PNG per image (`<name>.gradcam.png`), and with `saliency` a `<name>.saliency.png`."""
+    size = int(meta["img_size"])
+    model.eval().to(device)
+    samples = [Sample(item.path, item.label, "test") for item in items]
+    loader = DataLoader(ImageDataset(samples, view_transform(meta), size), batch_size=batch_size)
+    stems = _unique_stems([item.path for item in items])
+    written: list[Path] = []
+    with grad_cam(model, size) as extractor:
+        for start, (images, labels) in zip(range(0, len(items), batch_size), loader, strict=True):
+            images, classes = images.to(device), labels.tolist()
+            kinds = {"gradcam": cam_maps(model, extractor, images, classes)[1]}
+            if saliency:
+                kinds["saliency"] = saliency_maps(model, images, classes)
+            for offset, item in enumerate(items[start : start + len(classes)]):
+                photo = open_rgb(item.path, DISPLAY_SIZE)
+                left, top, side = centre_square(*photo.size)  # the maps cover the view the model saw
+                photo = photo.crop((left, top, left + side, top + side))
+                for kind, maps in kinds.items():
+                    path = out_dir / f"{stems[start + offset]}.{kind}.png"
+                    with atomic_output(path) as tmp:
+                        overlay(photo, maps[offset], f"{kind}: {item.caption}").save(tmp, format="PNG")
+                    written.append(path)
+            if progress:
+                progress(start + len(classes))
+    return written
+
+
+def _unique_stems(paths: Sequence[Path]) -> list[str]:
+    """File stems, with -2, -3, ... added where two inputs share one."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        seen[path.stem] = seen.get(path.stem, 0) + 1
+        stems.append(path.stem if seen[path.stem] == 1 else f"{path.stem}-{seen[path.stem]}")
+    return stems
