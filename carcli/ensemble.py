@@ -1,0 +1,256 @@
+"""Ensembles: several checkpoints combined into one model and one `.st` file (mean, weighted or greedy weights).
+
+`EnsembleModel` takes an unnormalised [0, 1] image batch at the largest member's size; each member
+resizes it to its own size (bilinear, antialiased) and normalises it with its own mean/std, and the
+ensemble returns, for every task all members predict, the log of the weighted mean of the members'
+softmax probabilities. Its metadata therefore says img_size = the largest, mean 0 and std 1, and
+every consumer (eval, predict, export) treats it like a plain model. `build_ensemble` scores the
+members on the evaluation split, fits the weights there and writes the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from carcli.bench import eval_samples
+from carcli.checkpoint import load_model, save_checkpoint
+from carcli.data.layouts import Sample
+from carcli.data.taxonomy import FINE
+from carcli.device import resolve_device
+from carcli.errors import CarcliError, UsageError
+from carcli.evaluate import Predictions, predict_samples, topk_accuracy
+
+METHODS = ("mean", "weighted", "greedy")
+GREEDY_ROUNDS = 20  # Caruana-style selections with replacement; the best prefix is kept
+MIN_WEIGHT = 1e-3  # fitted weights below this are dropped (and the member left out of the file)
+EPS = 1e-12
+
+
+def predicted_tasks(model: nn.Module) -> list[str]:
+    """The tasks a loaded model returns logits for, in its own order."""
+    tasks = getattr(model, "tasks", None)
+    return list(tasks) if tasks is not None else list(model.head.tasks)  # type: ignore[union-attr]
+
+
+class EnsembleModel(nn.Module):
+    """Members with their own input size and normalisation; returns {task: log of weighted mean probability}."""
+
+    def __init__(self, members: Sequence[nn.Module], metas: Sequence[dict[str, Any]], weights: Sequence[float]) -> None:
+        super().__init__()
+        member_tasks = [predicted_tasks(m) for m in members]
+        self.tasks = [t for t in member_tasks[0] if all(t in tasks for tasks in member_tasks)]
+        self.sizes = [int(meta["img_size"]) for meta in metas]
+        for i, (member, meta) in enumerate(zip(members, metas, strict=True)):
+            self.add_module(f"member{i}", member)
+            self.register_buffer(f"mean{i}", torch.tensor(meta["mean"], dtype=torch.float32).view(1, 3, 1, 1), False)
+            self.register_buffer(f"std{i}", torch.tensor(meta["std"], dtype=torch.float32).view(1, 3, 1, 1), False)
+        self.register_buffer("weights", torch.tensor(list(weights), dtype=torch.float32), False)
+
+    def member_inputs(self, images: Tensor, i: int) -> Tensor:
+        """`images` as member i expects them: resized to its size, normalised with its mean and std."""
+        size = self.sizes[i]
+        if tuple(images.shape[-2:]) != (size, size):
+            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return (images - getattr(self, f"mean{i}")) / getattr(self, f"std{i}")
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        mixed: dict[str, Tensor] = {}
+        for i in range(len(self.sizes)):
+            logits = getattr(self, f"member{i}")(self.member_inputs(images, i))
+            for task in self.tasks:
+                share = self.weights[i] * logits[task].float().softmax(1)
+                mixed[task] = mixed[task] + share if task in mixed else share
+        return {task: probs.clamp_min(EPS).log() for task, probs in mixed.items()}
+
+
+@dataclass
+class EnsembleResult:
+    """Members' and ensemble's top-1 per task on the evaluation split, and where the file went."""
+
+    method: str
+    names: list[str]
+    weights: list[float]  # one per input checkpoint; 0 for members left out
+    tasks: list[str]
+    member_top1: list[dict[str, float]]
+    ensemble_top1: dict[str, float]
+    split: str
+    images: int
+    out: Path
+    notes: list[str]
+
+    def columns(self) -> list[str]:
+        return ["checkpoint", "weight", *(f"{task} top-1" for task in self.tasks)]
+
+    def rows(self) -> list[list[str]]:
+        def cells(top1: dict[str, float]) -> list[str]:
+            return [f"{100 * top1[task]:.1f}%" for task in self.tasks]
+
+        rows = [[n, f"{w:.3f}", *cells(t)] for n, w, t in zip(self.names, self.weights, self.member_top1, strict=True)]
+        return [*rows, [f"ensemble ({self.method})", f"{sum(self.weights):.3f}", *cells(self.ensemble_top1)]]
+
+
+# ---------------------------------------------------------------- weights
+
+
+def _true_class_probs(preds: Sequence[Predictions], tasks: Sequence[str]) -> dict[str, np.ndarray]:
+    """task -> (members, samples) array of each member's probability of the true class."""
+    out = {}
+    for task in tasks:
+        targets = preds[0].targets[task]
+        rows = [p.probs[task][torch.arange(len(targets)), targets].double().numpy() for p in preds]
+        out[task] = np.stack(rows)
+    return out
+
+
+def _log_loss(weights: np.ndarray, true_probs: dict[str, np.ndarray]) -> float:
+    """Sum over tasks of the mean negative log-likelihood of the weighted mixture."""
+    return float(sum(-np.log(np.maximum(weights @ p, EPS)).mean() for p in true_probs.values()))
+
+
+def _log_loss_grad(weights: np.ndarray, true_probs: dict[str, np.ndarray]) -> np.ndarray:
+    return sum(-(p / np.maximum(weights @ p, EPS)).mean(axis=1) for p in true_probs.values())  # type: ignore[return-value]
+
+
+def fit_weights(method: str, true_probs: dict[str, np.ndarray]) -> np.ndarray:
+    """Member weights on the simplex: equal (mean), log-loss optimum (weighted) or greedy selection counts."""
+    members = next(iter(true_probs.values())).shape[0]
+    if method == "mean":
+        return np.full(members, 1.0 / members)
+    weights = _fit_simplex(true_probs, members) if method == "weighted" else _greedy(true_probs, members)
+    weights = np.where(weights < MIN_WEIGHT, 0.0, weights)
+    return weights / weights.sum()
+
+
+def _fit_simplex(true_probs: dict[str, np.ndarray], members: int) -> np.ndarray:
+    from scipy.optimize import minimize
+
+    result = minimize(
+        _log_loss,
+        np.full(members, 1.0 / members),
+        args=(true_probs,),
+        jac=_log_loss_grad,
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * members,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}],
+    )
+    return np.clip(result.x, 0.0, None)
+
+
+def _greedy(true_probs: dict[str, np.ndarray], members: int) -> np.ndarray:
+    """Caruana et al. (2004): repeatedly add (with replacement) the member that lowers the log-loss most."""
+    counts = np.zeros(members)
+    best, best_loss = counts, np.inf
+    for _ in range(GREEDY_ROUNDS):
+        losses = [_log_loss((counts + np.eye(members)[i]) / (counts.sum() + 1), true_probs) for i in range(members)]
+        counts = counts + np.eye(members)[int(np.argmin(losses))]
+        if min(losses) < best_loss:
+            best, best_loss = counts.copy(), min(losses)
+    return best / best.sum()
+
+
+# ---------------------------------------------------------------- the command
+
+
+def display_names(paths: Sequence[Path]) -> list[str]:
+    """File names, with their folder when names repeat (every run's best.st)."""
+    repeated = len({p.name for p in paths}) < len(paths)
+    return [f"{p.parent.name}/{p.name}" if repeated else p.name for p in paths]
+
+
+def _load_members(checkpoints: Sequence[Path]) -> tuple[list[nn.Module], list[dict[str, Any]]]:
+    models, metas = [], []
+    names = display_names(checkpoints)
+    for name, path in zip(names, checkpoints, strict=True):
+        model, meta = load_model(path)
+        first = metas[0]["tasks"][FINE] if metas else meta["tasks"][FINE]
+        if meta["tasks"][FINE] != first:
+            raise CarcliError(
+                f"{name} has a different class list from {names[0]} "
+                f"({len(meta['tasks'][FINE])} vs {len(first)} classes, or another order); "
+                "ensemble only models trained on the same classes"
+            )
+        models.append(model)
+        metas.append(meta)
+    return models, metas
+
+
+def _split_note(metas: Sequence[dict[str, Any]], data: Path, samples: Sequence[Sample]) -> list[str]:
+    """A note when some member's own evaluation split differs from the one used (its training saw those images)."""
+    expected = {s.path for s in samples}
+    for meta in metas[1:]:
+        if {s.path for s in eval_samples(meta, data)[0]} != expected:
+            return [
+                "members were trained on different train/val splits (seed or val fraction); some evaluation "
+                "images were training images of a member, so the ensemble's figures are optimistic"
+            ]
+    return []
+
+
+def _ensemble_meta(
+    metas: Sequence[dict[str, Any]], weights: Sequence[float], method: str, names: Sequence[str], split: str
+) -> dict[str, Any]:
+    first = metas[0]
+    return {
+        "arch": "ensemble",
+        "head": "ensemble",
+        "img_size": max(int(m["img_size"]) for m in metas),
+        "mean": [0.0, 0.0, 0.0],
+        "std": [1.0, 1.0, 1.0],
+        "tasks": first["tasks"],
+        "taxonomy": first["taxonomy"],
+        "train": first.get("train", {}),
+        "data": first.get("data", {}),
+        "members": list(metas),
+        "weights": list(weights),
+        "ensemble": {"method": method, "files": list(names), "fitted_on": split},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def build_ensemble(
+    checkpoints: Sequence[Path],
+    data: Path,
+    method: str = "mean",
+    out: Path = Path("ensemble.st"),
+    progress: Callable[[str], None] | None = None,
+) -> EnsembleResult:
+    """Score the members on the evaluation split, fit their weights, write one `.st` and score it."""
+    if len(checkpoints) < 2:
+        raise UsageError("an ensemble needs two or more checkpoints")
+    if method not in METHODS:
+        raise UsageError(f"--method must be one of {', '.join(METHODS)}")
+    if any(out.resolve() == c.resolve() for c in checkpoints):
+        raise UsageError("-o would overwrite one of the members; choose another file")
+    say = progress or (lambda message: None)
+    models, metas = _load_members(checkpoints)
+    samples, class_names, split = eval_samples(metas[0], data)
+    notes = _split_note(metas, data, samples)
+    device = str(resolve_device("auto"))
+    preds = []
+    names = display_names(checkpoints)
+    for i, (name, model, meta) in enumerate(zip(names, models, metas, strict=True), 1):
+        say(f"scoring member {i}/{len(models)}: {name} on {len(samples)} {split} images")
+        preds.append(predict_samples(model, meta, samples, class_names, device=device))
+    tasks = [t for t in preds[0].probs if all(t in p.probs for p in preds)]
+    weights = fit_weights(method, _true_class_probs(preds, tasks)).tolist()
+    if method != "mean":
+        notes.append(f"weights were fitted on the same {len(samples)} {split} images the table scores")
+    kept = [i for i, w in enumerate(weights) if w > 0]
+    ensemble = EnsembleModel([models[i] for i in kept], [metas[i] for i in kept], [weights[i] for i in kept])
+    meta = _ensemble_meta([metas[i] for i in kept], [weights[i] for i in kept], method, names, split)
+    save_checkpoint(out, ensemble.state_dict(), meta)
+    say(f"scoring the ensemble {out.name}")
+    reloaded, reloaded_meta = load_model(out)
+    ensemble_preds = predict_samples(reloaded, reloaded_meta, samples, class_names, device=device)
+    member_top1 = [{t: topk_accuracy(p.probs[t], p.targets[t]) for t in tasks} for p in preds]
+    ensemble_top1 = {t: topk_accuracy(ensemble_preds.probs[t], ensemble_preds.targets[t]) for t in tasks}
+    return EnsembleResult(method, names, weights, tasks, member_top1, ensemble_top1, split, len(samples), out, notes)
