@@ -1,0 +1,121 @@
+"""Augmentation of whole uint8 batches on the training device (the GPU when there is one).
+
+Used with the prepared store (`--cache`): a batch arrives as (B, 3, S, S) uint8, is moved to the
+device, and every sample gets its own random resized crop (all crops cut and resized in one
+`torchvision.ops.roi_align` call), horizontal flip, colour jitter (brightness, contrast,
+saturation), grayscale and random erasing, then normalisation. The parts follow the same
+`Augment` recipe as the per-image pipeline; affine, RandAugment and TrivialAugment have no
+batched form here (`batchable` says so) and keep the per-image pipeline. Draws come from a
+generator seeded per (seed, epoch, batch), so a resumed run repeats them exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import roi_align
+
+from carcli.data.transforms import Augment
+
+GRAY = (0.299, 0.587, 0.114)
+RATIO = (3 / 4, 4 / 3)
+
+
+def batchable(augment: Augment) -> bool:
+    """Whether every part of `augment` has a batched form."""
+    per_image_only = augment.affine_degrees or augment.affine_translate or augment.affine_scale
+    return not (per_image_only or augment.affine_shear or augment.auto_augment != "none")
+
+
+class BatchAugment:
+    """uint8 batches -> normalised float batches, augmented (training) or only resized (evaluation)."""
+
+    def __init__(
+        self,
+        img_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: Augment | None,
+        device: torch.device,
+        seed: int = 0,
+    ) -> None:
+        self.img_size, self.augment, self.device, self.seed = img_size, augment, device, seed
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+
+    def __call__(self, images: Tensor, key: tuple[int, int] = (0, 0)) -> Tensor:
+        """Augment a batch; `key` (epoch, batch index) seeds its draws."""
+        x = images.to(self.device, non_blocking=True).float().div_(255)
+        if self.augment is None:
+            return (self._resized(x) - self.mean) / self.std
+        g = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + key[0] * 10_007 + key[1])
+        a = self.augment
+        x = self._resized_crop(x, a.crop_scale, g) if a.crop_scale < 1 else self._resized(x)
+        if a.hflip:
+            flip = self._uniform(len(x), g) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        if a.color_jitter:
+            x = self._jitter(x, a.color_jitter, g)
+        if a.grayscale:
+            gray = self._uniform(len(x), g) < a.grayscale
+            x = torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
+        x = (x - self.mean) / self.std
+        if a.random_erasing:
+            x = self._erase(x, a.random_erasing, g)
+        return x
+
+    def _resized(self, x: Tensor) -> Tensor:
+        """The whole image at the input size (as evaluation sees it)."""
+        if x.shape[-1] == self.img_size and x.shape[-2] == self.img_size:
+            return x
+        return F.interpolate(x, size=(self.img_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
+
+    def _uniform(self, n: int, g: torch.Generator, low: float = 0.0, high: float = 1.0) -> Tensor:
+        return torch.rand(n, generator=g, device=self.device) * (high - low) + low
+
+    def _resized_crop(self, x: Tensor, min_scale: float, g: torch.Generator) -> Tensor:
+        """A random resized crop per sample (area share in [min_scale, 1], aspect ratio 3/4..4/3)."""
+        n, _, height, width = x.shape
+        area = self._uniform(n, g, min_scale, 1.0) * height * width
+        ratio = torch.exp(self._uniform(n, g, math.log(RATIO[0]), math.log(RATIO[1])))
+        w = torch.sqrt(area * ratio).clamp(max=width)
+        h = torch.sqrt(area / ratio).clamp(max=height)
+        x0 = self._uniform(n, g) * (width - w)
+        y0 = self._uniform(n, g) * (height - h)
+        boxes = torch.stack([torch.arange(n, device=self.device, dtype=x.dtype), x0, y0, x0 + w, y0 + h], dim=1)
+        return roi_align(x, boxes, output_size=self.img_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+
+    def _jitter(self, x: Tensor, strength: float, g: torch.Generator) -> Tensor:
+        """Brightness, contrast and saturation factors drawn from [1 - strength, 1 + strength] per sample."""
+        low, high = max(0.0, 1 - strength), 1 + strength
+        brightness, contrast, saturation = (self._uniform(len(x), g, low, high).view(-1, 1, 1, 1) for _ in range(3))
+        x = (x * brightness).clamp_(0, 1)
+        mean = _gray(x).mean(dim=(2, 3), keepdim=True)
+        x = ((x - mean) * contrast + mean).clamp_(0, 1)
+        gray = _gray(x)
+        return ((x - gray) * saturation + gray).clamp_(0, 1)
+
+    def _erase(self, x: Tensor, p: float, g: torch.Generator) -> Tensor:
+        """Random erasing: with probability p, a rectangle (2-33 % of the area) set to 0 (the mean colour)."""
+        n, _, height, width = x.shape
+        area = self._uniform(n, g, 0.02, 0.33) * height * width
+        ratio = torch.exp(self._uniform(n, g, math.log(0.3), math.log(1 / 0.3)))
+        h = torch.sqrt(area * ratio).clamp(max=height)
+        w = torch.sqrt(area / ratio).clamp(max=width)
+        top = self._uniform(n, g) * (height - h)
+        left = self._uniform(n, g) * (width - w)
+        rows = torch.arange(height, device=self.device).view(1, -1, 1)
+        cols = torch.arange(width, device=self.device).view(1, 1, -1)
+        inside = (rows >= top.view(-1, 1, 1)) & (rows < (top + h).view(-1, 1, 1))
+        inside = inside & (cols >= left.view(-1, 1, 1)) & (cols < (left + w).view(-1, 1, 1))
+        inside = inside & (self._uniform(n, g) < p).view(-1, 1, 1)
+        return x.masked_fill(inside.unsqueeze(1), 0.0)
+
+
+def _gray(x: Tensor) -> Tensor:
+    weights = torch.tensor(GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True)

@@ -1,0 +1,166 @@
+"""--cache: the prepared image store, augmentation of whole batches on the device, and --profile."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import same_weights
+from PIL import Image, ImageOps
+from typer.testing import CliRunner
+
+from carcli.cli import app
+from carcli.data.batch_augment import BatchAugment, batchable
+from carcli.data.images import open_rgb
+from carcli.data.layouts import load_dataset
+from carcli.data.packed import PackedDataset, load_or_build, store_path, store_side
+from carcli.data.transforms import PRESETS, Augment
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CARCLI_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def _samples(root):
+    return load_dataset(root, 0.2, 0).split("train")
+
+
+def test_store_holds_the_resized_images_and_is_built_once(tiny_set, tmp_path):
+    samples = _samples(tiny_set)
+    calls = []
+    store = load_or_build(samples, 24, tmp_path, progress=lambda done, total: calls.append((done, total)))
+    assert store.images.shape == (len(samples), 24, 24, 3) and store.images.dtype == np.uint8
+    assert calls[-1] == (len(samples), len(samples))
+    expected = np.array(ImageOps.fit(open_rgb(samples[5].path), (24, 24), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(store.images[5], expected)
+    image, label = PackedDataset(store)[5]
+    assert image.shape == (3, 24, 24) and image.dtype == torch.uint8 and label == samples[5].label
+    torch.testing.assert_close(image.permute(1, 2, 0).numpy(), expected, check_dtype=False)
+    built = store.path.stat().st_mtime_ns
+    calls.clear()
+    again = load_or_build(samples, 24, tmp_path, progress=lambda done, total: calls.append(done))
+    assert again.path == store.path and not calls and store.path.stat().st_mtime_ns == built
+    assert [p.name for p in tmp_path.iterdir()] == [store.path.name]  # no temporary file left behind
+
+
+def test_a_changed_photo_or_size_gets_a_new_store(tiny_set, tmp_path):
+    shutil.copytree(tiny_set, tmp_path / "data")
+    samples = _samples(tmp_path / "data")
+    first = store_path(samples, 24, tmp_path)
+    assert store_path(samples, 32, tmp_path) != first
+    assert store_path(samples, 24, tmp_path, crop_margin=0.1) != first
+    Image.new("RGB", (40, 40), (255, 0, 0)).save(samples[0].path)
+    os.utime(samples[0].path, ns=(1, 1))
+    assert store_path(samples, 24, tmp_path) != first
+
+
+def test_training_stores_a_margin_larger_than_evaluation():
+    assert store_side(160, training=True) == 184 and store_side(160, training=False) == 160
+
+
+def _batch(n: int = 6, side: int = 20) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, side, side), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+
+
+def _normalised(images: torch.Tensor) -> torch.Tensor:
+    return (images.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def test_evaluation_batches_are_only_normalised_and_resized():
+    images = _batch()
+    torch.testing.assert_close(BatchAugment(20, MEAN, STD, None, CPU)(images), _normalised(images))
+    assert BatchAugment(12, MEAN, STD, None, CPU)(images).shape == (6, 3, 12, 12)
+
+
+def test_flip_only_gives_each_image_or_its_mirror_and_both_occur():
+    images = _batch(32)
+    flip_only = Augment(crop_scale=1.0, hflip=True, color_jitter=0.0)
+    out = BatchAugment(20, MEAN, STD, flip_only, CPU)(images, (1, 0))
+    plain, mirrored = _normalised(images), _normalised(images).flip(3)
+    same = [torch.allclose(o, p, atol=1e-5) for o, p in zip(out, plain, strict=True)]
+    flipped = [torch.allclose(o, m, atol=1e-5) for o, m in zip(out, mirrored, strict=True)]
+    assert all(a or b for a, b in zip(same, flipped, strict=True))
+    assert 0 < sum(flipped) < 32
+
+
+def test_batch_augmentation_is_seeded_by_epoch_and_step():
+    images = _batch()
+    augment = BatchAugment(16, MEAN, STD, PRESETS["standard"], CPU, seed=3)
+    first = augment(images, (2, 5))
+    assert first.shape == (6, 3, 16, 16) and torch.isfinite(first).all()
+    torch.testing.assert_close(augment(images, (2, 5)), first)
+    assert not torch.allclose(augment(images, (2, 6)), first)
+    crops = augment(images, (2, 5)).flatten(1)
+    assert not torch.allclose(crops, _normalised(torch.nn.functional.interpolate(images.float(), 16)).flatten(1))
+
+
+def test_colour_jitter_grayscale_and_erasing_act():
+    images = _batch(16)
+    base = Augment(crop_scale=1.0, hflip=False, color_jitter=0.0)
+    assert torch.allclose(BatchAugment(20, MEAN, STD, base, CPU)(images), _normalised(images), atol=1e-5)
+    jittered = BatchAugment(20, MEAN, STD, replace(base, color_jitter=0.5), CPU)(images)
+    assert not torch.allclose(jittered, _normalised(images), atol=1e-3)
+    gray = BatchAugment(20, (0.0,) * 3, (1.0,) * 3, replace(base, grayscale=1.0), CPU)(images)
+    torch.testing.assert_close(gray[:, 0], gray[:, 1])
+    erased = BatchAugment(20, MEAN, STD, replace(base, random_erasing=1.0), CPU)(images)
+    zeros = (erased == 0).all(dim=1).flatten(1).float().mean(1)  # share of each image set to 0
+    assert ((zeros > 0.01) & (zeros < 0.5)).all()
+
+
+def test_affine_and_auto_augment_have_no_batched_form():
+    assert batchable(PRESETS["standard"]) and batchable(PRESETS["light"])
+    assert not batchable(PRESETS["strong"])
+    assert not batchable(replace(PRESETS["none"], affine_degrees=5.0))
+
+
+def test_train_with_cache_and_profile_from_the_cli(tiny_set, tmp_path, home):
+    args = ["train", "--data", str(tiny_set), "--img-size", "32", "--epochs", "2", "--batch-size", "8"]
+    first = CliRunner().invoke(app, [*args, "--cache", "--profile", "--out", str(tmp_path / "a")])
+    assert first.exit_code == 0, first.output
+    assert "preparing 48 images" in first.output and "profile, epoch 2, per step: load" in first.output
+    stores = sorted(p.name for p in (home / "cache").iterdir())
+    assert len(stores) == 2  # train at 37 px, val at 32 px
+    record = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert set(record["profile"]) == {"load", "prepare", "compute"}
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["cache"] is True
+    second = CliRunner().invoke(app, [*args, "--cache", "--out", str(tmp_path / "b")])
+    assert second.exit_code == 0, second.output
+    assert "preparing" not in second.output and sorted(p.name for p in (home / "cache").iterdir()) == stores
+
+
+def test_cached_runs_resume_exactly(tiny_set, tmp_path, home):
+    from carcli.train import TrainConfig, resume_config, train
+
+    options = {"data": str(tiny_set), "arch": "ghostnet", "img_size": 32, "batch_size": 8, "device": "cpu"}
+    options.update(cache=True, warmup_epochs=0.0, schedule="multistep", augment="standard", random_erasing=0.5)
+    train(TrainConfig(out=str(tmp_path / "straight"), epochs=2, **options))
+    train(TrainConfig(out=str(tmp_path / "resumed"), epochs=1, **options))
+    train(resume_config(tmp_path / "resumed", {"epochs": 2}), resume=True)
+    same_weights(tmp_path / "straight" / "last.st", tmp_path / "resumed" / "last.st")
+
+
+def test_strong_preset_with_cache_augments_per_image(tiny_set, tmp_path, home):
+    from carcli.train import SilentReporter, TrainConfig, train
+
+    lines: list[str] = []
+
+    class Lines(SilentReporter):
+        def info(self, message: str) -> None:
+            lines.append(message)
+
+    config = TrainConfig(
+        data=str(tiny_set), out=str(tmp_path / "run"), epochs=1, img_size=32, batch_size=8, device="cpu",
+        cache=True, augment="strong", workers=0,
+    )  # fmt: skip
+    result = train(config, Lines())
+    assert result.records and any("augmenting per image" in line for line in lines)
