@@ -38,16 +38,6 @@ def test_version_and_help():
         assert command in result.stdout
 
 
-@pytest.mark.parametrize(
-    "args",
-    [["eval", "x.st"], ["prune", "x.st"], ["ensemble", "a.st", "b.st"], ["predict", "a.jpg"], ["fetch-data"]],
-)
-def test_commands_of_later_releases_say_so(args):
-    result = run(*args)
-    assert result.exit_code == 1
-    assert "not yet available" in result.output and "Traceback" not in result.output
-
-
 def test_train_writes_a_run_folder_with_a_loadable_checkpoint(real_folder_set, tmp_path):
     out = tmp_path / "run"
     result = run("train", "--data", str(real_folder_set), "--head", "mtl", "--epochs", "2", "--out", str(out), *FAST)
