@@ -234,6 +234,9 @@ def train(
         _opt("channels_last (NHWC) memory format (default on).", RUN, "--channels-last/--no-channels-last"),
     ] = None,
     compile: Annotated[bool | None, _opt("torch.compile the model.", RUN, "--compile/--no-compile")] = None,
+    precision: Annotated[
+        str | None, _opt("auto, fp32, bf16 or fp16 (default auto: bf16/fp16 autocast on GPUs, fp32 on CPUs).", RUN)
+    ] = None,
     tensorboard: Annotated[
         bool | None, _opt("Also log to TensorBoard (run folder/tensorboard).", RUN, "--tensorboard/--no-tensorboard")
     ] = None,

@@ -76,9 +76,10 @@ DEFAULT_EPOCHS = 30
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BALANCES = ("none", "sampler", "weights")
 RUN_FILES = ("best.st", "last.st", "metrics.jsonl", STATE_FILE)
-RESUME_MAY_CHANGE = {"epochs", "workers", "device", "profile"}
+RESUME_MAY_CHANGE = {"epochs", "workers", "device", "profile", "precision"}
 
 
 @dataclass
@@ -130,6 +131,7 @@ class TrainConfig:
     clip_grad: float = 0.0
     channels_last: bool = True  # NHWC: 1.3-1.7x faster training of depthwise-conv nets on CPU (docs/benchmarks.md)
     compile: bool = False
+    precision: str = "auto"  # auto: bf16 (else fp16) autocast on GPUs, fp32 on CPUs
     profile: bool = False
     device: str = "auto"
     seed: int = 0
@@ -279,6 +281,7 @@ def _train(
         dataset = _load_data(config, reporter)
     _resolve_defaults(config, dataset, device, ddp)
     _check_config(config)
+    autocast_dtype, scaler = _mixed_precision(config.precision, device)
     taxonomy = Taxonomy.from_class_names(dataset.class_names)
     tasks = {task: len(names) for task, names in taxonomy.tasks.items()}
     _check_loss_weights(config.loss_weights, config.head, tasks)
@@ -334,7 +337,6 @@ def _train(
         config.gamma,
     )
     ema = _make_ema(model, config)
-    autocast_dtype, scaler = _mixed_precision(device)
     progress = Progress()
     if state is not None:
         progress = _restore(state, model, optimizer, scheduler, ema, scaler)
@@ -522,6 +524,7 @@ def _check_config(config: TrainConfig) -> None:
         (at_least(config.mixup, 0) and at_least(config.cutmix, 0), "--mixup/--cutmix must be 0 (off) or more"),
         (at_least(config.color_jitter, 0), "--color-jitter must be 0 or more"),
         (config.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
+        (config.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
         (at_least(config.workers, 0), "--workers must be 0 or more"),
         (config.weight_decay >= 0, "--weight-decay must be 0 or more"),
         (0 <= config.val_fraction < 1, "--val-fraction must be in [0, 1)"),
@@ -738,13 +741,23 @@ def _make_ema(model: nn.Module, config: TrainConfig) -> torch.optim.swa_utils.Av
     return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
-def _mixed_precision(device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
-    """bf16 autocast on GPUs that support it, else fp16 with a grad scaler; full precision on CPU."""
-    if device.type != "cuda":
+def _mixed_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+    """The autocast dtype (None: full precision) and grad scaler (fp16 only) for `--precision` on `device`.
+
+    auto: bf16 on GPUs that support it, else fp16; fp32 on CPUs, where bf16 helps only dense convolutions on
+    CPUs with bf16 instructions (resnet34 1.9x, GhostNet and EfficientNet-Lite0 slower: docs/benchmarks.md).
+    """
+    if precision == "auto":
+        precision = "fp32" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp32":
         return None, None
-    if torch.cuda.is_bf16_supported():
-        return torch.bfloat16, None
-    return torch.float16, torch.amp.GradScaler("cuda")
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise UsageError("--precision fp16 needs a GPU; on a CPU use bf16 or fp32")
+        return torch.float16, torch.amp.GradScaler("cuda")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UsageError("this GPU has no bf16 support; use --precision fp16 or fp32")
+    return torch.bfloat16, None
 
 
 def _wrap_for_training(model: CarcliModel, config: TrainConfig, ddp: Dist, device: torch.device) -> nn.Module:

@@ -247,3 +247,34 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_set,
         train(train_module.resume_config(run, {"epochs": 2}), resume=True)
     _, meta = load_model(run / "last.st")
     assert meta["metrics"]["epoch"] == 1
+
+
+# ---------------------------------------------------------------- precision
+
+
+def _output_dtypes(model: torch.nn.Module) -> list[torch.dtype]:
+    dtypes: list[torch.dtype] = []
+    model.head.register_forward_hook(lambda module, args, out: dtypes.append(out["model"].dtype))
+    return dtypes
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("auto", torch.float32), ("bf16", torch.bfloat16)])
+def test_precision_sets_the_autocast_dtype_on_cpu(tiny_set, tmp_path, precision, dtype):
+    model = create_model("ghostnet", "linear", _tasks())
+    dtypes = _output_dtypes(model)
+    run = tmp_path / "run"
+    train(tiny_config(tiny_set, run, precision=precision), model=model)
+    assert dtypes and set(dtypes) == {dtype}  # training and validation steps alike
+    saved, meta = load_model(run / "best.st")
+    assert meta["train"]["precision"] == precision
+    assert all(t.dtype == torch.float32 for t in saved.state_dict().values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize(
+    ("precision", "message"), [("fp16", "fp16 needs a GPU"), ("half", "--precision must be one of")]
+)
+def test_impossible_precisions_are_refused_before_the_run_folder_exists(tiny_set, tmp_path, precision, message):
+    run = tmp_path / "run"
+    with pytest.raises(CarcliError, match=message):
+        train(tiny_config(tiny_set, run, precision=precision))
+    assert not run.exists()
