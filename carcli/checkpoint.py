@@ -4,8 +4,10 @@ The tensors are the model's state dict. The safetensors `__metadata__` holds one
 `carcli`, whose value is a JSON object with everything `predict` needs without the data set:
 
     {"format": 1, "version", "arch", "head", "img_size", "mean", "std",
-     "tasks": {task: [class names in order]}, "taxonomy": {...}, "train": {resolved config},
-     "metrics": {"best_epoch", "top1": {task: value}}, "created"}
+     "tasks": {task: [class names in order]}, "taxonomy": {"tasks", "fine_to"}, "train": {resolved config},
+     "metrics": {"epoch", "top1", "top5", "best_epoch", "best_top1"}, ...}
+
+(pruned and ensemble checkpoints add "pruned" or "members"/"weights"; docs/checkpoints.md has it all).
 
 Files are written atomically (temporary file in the same folder, then rename), so a crash
 never leaves a half-written checkpoint under the final name.
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from carcli import __version__
+from carcli.data.taxonomy import FINE, Taxonomy
 from carcli.errors import CarcliError
 from carcli.files import atomic_output
 
@@ -26,7 +29,7 @@ if TYPE_CHECKING:
 
 FORMAT = 1
 METADATA_KEY = "carcli"
-REQUIRED_FIELDS = ("format", "arch", "head", "img_size", "mean", "std", "tasks")
+REQUIRED_FIELDS = ("format", "arch", "head", "img_size", "mean", "std", "tasks", "taxonomy")
 
 
 def save_checkpoint(path: Path, state: dict[str, Tensor], meta: dict[str, Any]) -> None:
@@ -139,6 +142,14 @@ def _parse_metadata(path: Path, raw: str | None) -> dict[str, Any]:
     missing = [f for f in REQUIRED_FIELDS if f not in meta]
     if missing:
         raise CarcliError(f"{path}: carcli metadata lacks {', '.join(missing)}")
+    if not isinstance(meta["format"], int) or not isinstance(meta["tasks"], dict) or FINE not in meta["tasks"]:
+        raise CarcliError(f"{path}: carcli metadata is malformed (format or tasks)")
+    try:
+        taxonomy = Taxonomy.from_dict(meta["taxonomy"])
+    except CarcliError as exc:
+        raise CarcliError(f"{path}: {exc}") from None
+    if taxonomy.tasks[FINE] != meta["tasks"][FINE]:
+        raise CarcliError(f"{path}: its taxonomy names other classes than its {FINE!r} task")
     if meta["format"] > FORMAT:
         raise CarcliError(
             f"{path} has checkpoint format {meta['format']}, newer than this carcli reads ({FORMAT}); upgrade carcli"

@@ -23,6 +23,7 @@ def _meta(**extra):
         "mean": [0.5, 0.5, 0.5],
         "std": [0.5, 0.5, 0.5],
         "tasks": TASKS,
+        "taxonomy": {"tasks": TASKS, "fine_to": {"make": [0, 0, 1]}},
         **extra,
     }
 
@@ -114,6 +115,26 @@ def test_metadata_that_disagrees_with_tensor_shapes_is_refused(saved, tmp_path):
     model, _ = saved
     path = tmp_path / "lying.st"
     wrong_tasks = {"model": [*TASKS["model"], "extra Coupe 2003"], "make": TASKS["make"]}
-    save_checkpoint(path, model.state_dict(), _meta(tasks=wrong_tasks))
+    taxonomy = {"tasks": wrong_tasks, "fine_to": {"make": [0, 0, 1, 1]}}
+    save_checkpoint(path, model.state_dict(), _meta(tasks=wrong_tasks, taxonomy=taxonomy))
     with pytest.raises(CarcliError, match="shapes differ"):
         load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("taxonomy", "message"),
+    [
+        (None, "lacks taxonomy"),
+        ({"tasks": {"make": ["a"]}}, "no 'model' task"),
+        ({"tasks": TASKS, "fine_to": {"make": [0, 5, 1]}}, "'make' map does not fit"),
+        ({"tasks": {"model": ["x", "y", "z"]}}, "other classes"),
+    ],
+)
+def test_a_missing_or_inconsistent_taxonomy_is_refused(tmp_path, taxonomy, message):
+    meta = _meta(taxonomy=taxonomy)
+    if taxonomy is None:
+        del meta["taxonomy"]
+    path = tmp_path / "bad.st"
+    save_file({"w": torch.ones(2)}, str(path), metadata={"carcli": json.dumps({"format": 1, **meta})})
+    with pytest.raises(CarcliError, match=message):
+        read_metadata(path)

@@ -117,6 +117,12 @@ class Taxonomy:
             fine_to = {str(task): [int(i) for i in index] for task, index in d.get("fine_to", {}).items()}
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise CarcliError(f"taxonomy is malformed: {err}") from None
+        fine = tasks.get(FINE)
+        if fine is None:
+            raise CarcliError(f"taxonomy is malformed: no {FINE!r} task")
+        for task, index in fine_to.items():
+            if task not in tasks or len(index) != len(fine) or not all(0 <= i < len(tasks[task]) for i in index):
+                raise CarcliError(f"taxonomy is malformed: its {task!r} map does not fit the class lists")
         return cls(tasks=tasks, fine_to=fine_to)
 
     def targets(self, fine_label: int) -> dict[str, int]:
