@@ -3,9 +3,11 @@ half a checkpoint, table or plot where a later command would trust it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,3 +42,27 @@ def usual_mode(directory: bool = False) -> int:
     umask = os.umask(0)
     os.umask(umask)
     return (0o777 if directory else 0o666) & ~umask
+
+
+def swap_dir(new: Path, target: Path, lost_race: Callable[[], bool] = lambda: False) -> None:
+    """Rename folder `new` to `target`; a folder already at `target` is moved aside first, put back if the
+    rename fails, and deleted only once `new` is in place.
+
+    `lost_race()` tells whether a failed rename means another process has just put an equally good
+    `target` in place; that one is then kept instead of raising.
+    """
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rmdir(old)
+        os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except OSError:
+        if not lost_race():
+            if old is not None and not target.exists():
+                with contextlib.suppress(OSError):
+                    os.rename(old, target)
+            raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -27,10 +27,8 @@ The recommended settings were measured with ghostnet_100 from scratch on 2 CPU c
 from __future__ import annotations
 
 import colorsys
-import contextlib
 import json
 import math
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -40,7 +38,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from carcli.errors import CarcliError
-from carcli.files import usual_mode
+from carcli.files import swap_dir, usual_mode
 
 DEMO_NAME = "demo"
 DEMO_IMG_SIZE = 64
@@ -495,18 +493,4 @@ def _move_into_place(tmp: Path, root: Path, wanted: dict[str, object]) -> None:
     """Rename `tmp` to `root`, replacing an empty folder or an outdated demo set there."""
     if _read_marker(root) == wanted:  # a concurrent run finished the same set first: keep it
         return
-    old: Path | None = None
-    if root.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-        os.rmdir(old)
-        os.rename(root, old)
-    try:
-        os.rename(tmp, root)
-    except OSError:
-        if _read_marker(root) != wanted:  # not a concurrent run that finished first with the same set
-            if old is not None and not root.exists():
-                with contextlib.suppress(OSError):
-                    os.rename(old, root)
-            raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    swap_dir(tmp, root, lost_race=lambda: _read_marker(root) == wanted)

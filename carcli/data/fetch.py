@@ -67,6 +67,7 @@ from carcli.data.layouts import (
     read_class_names,
 )
 from carcli.errors import CarcliError, UsageError
+from carcli.files import swap_dir
 
 STANFORD_CARS = "stanford-cars"
 FOLDER = "folder"
@@ -806,23 +807,6 @@ def _check_replaceable(target: Path) -> None:
         raise CarcliError(f"{target} exists and was not made by carcli fetch-data; move it away or use another --root")
 
 
-def _swap_into_place(new: Path, target: Path) -> None:
-    """Rename `new` to `target`; an old data set there is moved aside first and deleted only afterwards."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.rmdir(old)
-        os.rename(target, old)
-    try:
-        os.rename(new, target)
-    except OSError:
-        if old is not None:
-            os.rename(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _build(
     target: Path,
     kind: str,
@@ -857,7 +841,7 @@ def _build(
             **(extra or {}),
         }
         (set_dir / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
-        _swap_into_place(set_dir, target)
+        swap_dir(set_dir, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return _result(target, marker)
