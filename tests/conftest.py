@@ -135,7 +135,7 @@ def trained_checkpoint(real_folder_set, tmp_path_factory) -> Path:
     return out / "best.st"
 
 
-def same_weights(a: Path, b: Path) -> None:
+def assert_same_weights(a: Path, b: Path) -> None:
     """Two safetensors files hold the same tensors (to 1e-6)."""
     import torch
     from safetensors.torch import load_file

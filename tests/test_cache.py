@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import same_weights
+from conftest import assert_same_weights
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
@@ -145,8 +145,9 @@ def test_cached_runs_resume_exactly(tiny_set, tmp_path, home):
     options.update(cache=True, warmup_epochs=0.0, schedule="multistep", augment="standard", random_erasing=0.5)
     train(TrainConfig(out=str(tmp_path / "straight"), epochs=2, **options))
     train(TrainConfig(out=str(tmp_path / "resumed"), epochs=1, **options))
-    train(resume_config(tmp_path / "resumed", {"epochs": 2}), resume=True)
-    same_weights(tmp_path / "straight" / "last.st", tmp_path / "resumed" / "last.st")
+    result = train(resume_config(tmp_path / "resumed", {"epochs": 2}), resume=True)
+    assert [r["epoch"] for r in result.records] == [1, 2]  # the second run continued the first
+    assert_same_weights(tmp_path / "straight" / "last.st", tmp_path / "resumed" / "last.st")
 
 
 def test_strong_preset_with_cache_augments_per_image(tiny_set, tmp_path, home):

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import same_weights
+from conftest import assert_same_weights
 
 from carcli.checkpoint import load_model
 from carcli.errors import CarcliError, Interrupted, UsageError
@@ -34,8 +34,8 @@ def test_extending_a_finished_run_equals_one_long_run(tiny_set, tmp_path):
     with pytest.raises(UsageError, match="finished its 1 epochs"):
         resume_config(resumed, {"epochs": 1})
     train(resume_config(resumed, {"epochs": 2}), resume=True)
-    same_weights(straight / "last.st", resumed / "last.st")
-    same_weights(straight / "state.st", resumed / "state.st")
+    assert_same_weights(straight / "last.st", resumed / "last.st")
+    assert_same_weights(straight / "state.st", resumed / "state.st")
     lines = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2]
 
@@ -61,7 +61,7 @@ def test_ctrl_c_mid_epoch_saves_a_state_that_resumes_exactly(tiny_set, tmp_path)
     progress = read_progress(stopped)
     assert (progress.epoch, progress.step) == (1, 2)
     train(resume_config(stopped, {}), resume=True)
-    same_weights(straight / "last.st", stopped / "last.st")
+    assert_same_weights(straight / "last.st", stopped / "last.st")
     assert signal.getsignal(signal.SIGINT) is handler  # the handler is given back
 
 
