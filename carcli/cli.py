@@ -233,9 +233,17 @@ def train(
         bool | None,
         _opt("channels_last (NHWC) memory format (default on).", RUN, "--channels-last/--no-channels-last"),
     ] = None,
-    compile: Annotated[bool | None, _opt("torch.compile the model.", RUN, "--compile/--no-compile")] = None,
+    compile: Annotated[
+        bool | None,
+        _opt("torch.compile the model (default: on with CUDA, off on CPUs).", RUN, "--compile/--no-compile"),
+    ] = None,
     precision: Annotated[
-        str | None, _opt("auto, fp32, bf16 or fp16 (default auto: bf16/fp16 autocast on GPUs, fp32 on CPUs).", RUN)
+        str | None,
+        _opt(
+            "auto, fp32, bf16 or fp16 (default auto: bf16/fp16 autocast on GPUs; on CPUs bf16 for nets without "
+            "depthwise convolutions when the CPU has bf16 instructions, else fp32).",
+            RUN,
+        ),
     ] = None,
     tensorboard: Annotated[
         bool | None, _opt("Also log to TensorBoard (run folder/tensorboard).", RUN, "--tensorboard/--no-tensorboard")

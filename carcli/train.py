@@ -60,7 +60,7 @@ from carcli.data.transforms import (
     resolve_augment,
     train_transform,
 )
-from carcli.device import resolve_device
+from carcli.device import cpu_has_bf16, resolve_device
 from carcli.errors import CarcliError, Interrupted, UsageError
 from carcli.files import write_text
 from carcli.losses import LOSSES, inverse_frequency_weights, multitask_loss
@@ -79,7 +79,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BALANCES = ("none", "sampler", "weights")
 RUN_FILES = ("best.st", "last.st", "metrics.jsonl", STATE_FILE)
-RESUME_MAY_CHANGE = {"epochs", "workers", "device", "profile", "precision"}
+RESUME_MAY_CHANGE = {"epochs", "workers", "device", "profile", "precision", "compile"}
 
 
 @dataclass
@@ -130,8 +130,8 @@ class TrainConfig:
     patience: int = 0
     clip_grad: float = 0.0
     channels_last: bool = True  # NHWC: 1.3-1.7x faster training of depthwise-conv nets on CPU (docs/benchmarks.md)
-    compile: bool = False
-    precision: str = "auto"  # auto: bf16 (else fp16) autocast on GPUs, fp32 on CPUs
+    compile: bool | None = None  # None: on for CUDA, off on CPUs (no gain there: docs/benchmarks.md)
+    precision: str = "auto"  # auto: see auto_precision
     profile: bool = False
     device: str = "auto"
     seed: int = 0
@@ -281,7 +281,6 @@ def _train(
         dataset = _load_data(config, reporter)
     _resolve_defaults(config, dataset, device, ddp)
     _check_config(config)
-    autocast_dtype, scaler = _mixed_precision(config.precision, device)
     taxonomy = Taxonomy.from_class_names(dataset.class_names)
     tasks = {task: len(names) for task, names in taxonomy.tasks.items()}
     _check_loss_weights(config.loss_weights, config.head, tasks)
@@ -298,6 +297,8 @@ def _train(
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
+    precision = auto_precision(device, model) if config.precision == "auto" else config.precision
+    autocast_dtype, scaler = _mixed_precision(precision, device)
     parameters = sum(p.numel() for p in model.parameters())
     run_dir = Path(config.out or "") if resume else _make_run_dir(config, ddp)
     state = load_run_state(run_dir) if resume else None
@@ -345,11 +346,12 @@ def _train(
     meta_base = {**_metadata_base(config, spec.mean, spec.std, img_size, taxonomy, dataset), **(extra_meta or {})}
     records = _previous_records(run_dir, progress.epoch) if resume else []
     if ddp.main:
-        _write_json(run_dir / "config.json", {**meta_base["train"], "run": _run_info(device, parameters, dataset, ddp)})
+        run_info = _run_info(device, precision, parameters, dataset, ddp)
+        _write_json(run_dir / "config.json", {**meta_base["train"], "run": run_info})
     reporter.info(
-        f"{config.arch} + {config.head} head, {parameters / 1e6:.2f} M parameters, {img_size} px, on {device}"
-        f"{f' x {ddp.world} processes' if ddp.world > 1 else ''}; {len(train_samples)} train / {len(val_samples)} "
-        f"{dataset.eval_split} images; run folder {run_dir}"
+        f"{config.arch} + {config.head} head, {parameters / 1e6:.2f} M parameters, {img_size} px, "
+        f"on {device} in {precision}{f' x {ddp.world} processes' if ddp.world > 1 else ''}; "
+        f"{len(train_samples)} train / {len(val_samples)} {dataset.eval_split} images; run folder {run_dir}"
         + (f"; resuming after epoch {progress.epoch}, step {progress.step}" if resume else "")
     )
     writer = _tensorboard(run_dir, config, ddp)
@@ -488,6 +490,8 @@ def _resolve_defaults(config: TrainConfig, dataset: DataSet, device: torch.devic
             config.workers = 0  # a batch is a memory copy; every core goes to the model
         else:
             config.workers = min(8, cores) if device.type == "cuda" else min(8, cores // 2)
+    if config.compile is None:
+        config.compile = device.type == "cuda"
     if config.data is None:
         config.data = str(dataset.root)
     for name, value in asdict(config.augment_parts).items():  # record the preset's values: runs describe themselves
@@ -742,13 +746,7 @@ def _make_ema(model: nn.Module, config: TrainConfig) -> torch.optim.swa_utils.Av
 
 
 def _mixed_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
-    """The autocast dtype (None: full precision) and grad scaler (fp16 only) for `--precision` on `device`.
-
-    auto: bf16 on GPUs that support it, else fp16; fp32 on CPUs, where bf16 helps only dense convolutions on
-    CPUs with bf16 instructions (resnet34 1.9x, GhostNet and EfficientNet-Lite0 slower: docs/benchmarks.md).
-    """
-    if precision == "auto":
-        precision = "fp32" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    """The autocast dtype (None: full precision) and grad scaler (fp16 only) for fp32, bf16 or fp16 on `device`."""
     if precision == "fp32":
         return None, None
     if precision == "fp16":
@@ -758,6 +756,24 @@ def _mixed_precision(precision: str, device: torch.device) -> tuple[torch.dtype 
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UsageError("this GPU has no bf16 support; use --precision fp16 or fp32")
     return torch.bfloat16, None
+
+
+def auto_precision(device: torch.device, model: nn.Module) -> str:
+    """What `--precision auto` trains `model` in on `device`.
+
+    GPUs: bf16 where supported, else fp16. CPUs: bf16 when the CPU has native bf16 instructions and
+    the model has no depthwise convolutions; there bf16 roughly doubles the step of dense nets
+    (resnet34, resnext50) but slows depthwise ones (GhostNet, EfficientNet-Lite0), so those keep
+    fp32, as does every model on CPUs without bf16 instructions (docs/benchmarks.md).
+    """
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() and not has_depthwise_conv(model) else "fp32"
+
+
+def has_depthwise_conv(model: nn.Module) -> bool:
+    """Whether any convolution of `model` is depthwise (one filter group per input channel)."""
+    return any(isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels for m in model.modules())
 
 
 def _wrap_for_training(model: CarcliModel, config: TrainConfig, ddp: Dist, device: torch.device) -> nn.Module:
@@ -770,6 +786,9 @@ def _wrap_for_training(model: CarcliModel, config: TrainConfig, ddp: Dist, devic
         ids = [device.index] if device.type == "cuda" else None
         net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=staged)
     if config.compile:
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True  # a part that fails to compile runs eagerly, the run goes on
         net = torch.compile(net)  # type: ignore[assignment]
     return net
 
@@ -1116,11 +1135,12 @@ def _metadata_base(
     }
 
 
-def _run_info(device: torch.device, parameters: int, dataset: DataSet, ddp: Dist) -> dict[str, Any]:
+def _run_info(device: torch.device, precision: str, parameters: int, dataset: DataSet, ddp: Dist) -> dict[str, Any]:
     return {
         "carcli": __version__,
         "torch": torch.__version__,
         "device": str(device),
+        "precision": precision,
         "processes": ddp.world,
         "parameters": parameters,
         "data_layout": dataset.layout,

@@ -7,6 +7,7 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,15 +16,17 @@ from PIL import Image
 from safetensors.torch import load_file
 from torchvision.transforms import v2
 
+from carcli import train as train_module
 from carcli.checkpoint import load_model
 from carcli.data.images import open_rgb
 from carcli.data.sampling import EpochSampler, class_balanced_weights
 from carcli.data.transforms import PRESETS, batch_mixer, resolve_augment, train_transform
+from carcli.device import cpu_has_bf16
 from carcli.errors import CarcliError
 from carcli.losses import complement_entropy, inverse_frequency_weights, multitask_loss
 from carcli.models.registry import create_model
 from carcli.optim import build_optimizer, build_scheduler
-from carcli.train import SilentReporter, TrainConfig, _targets, train
+from carcli.train import SilentReporter, TrainConfig, _targets, auto_precision, train
 
 TINY = {"arch": "ghostnet", "img_size": 32, "batch_size": 8, "workers": 0, "device": "cpu", "warmup_epochs": 0.0}
 
@@ -236,7 +239,6 @@ def test_early_stopping_stops_after_patience(tiny_set, tmp_path):
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_set, tmp_path, monkeypatch):
     run = tmp_path / "run"
     train(tiny_config(tiny_set, run))
-    import carcli.train as train_module
 
     def broken(*args, **kwargs):
         total, per_task = multitask_loss(*args, **kwargs)
@@ -268,6 +270,86 @@ def test_precision_sets_the_autocast_dtype_on_cpu(tiny_set, tmp_path, precision,
     saved, meta = load_model(run / "best.st")
     assert meta["train"]["precision"] == precision
     assert all(t.dtype == torch.float32 for t in saved.state_dict().values() if t.is_floating_point())
+
+
+X86_FLAGS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw {extra}\nbogomips\t: 4000\n"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "native"),
+    [
+        (X86_FLAGS.format(extra="avx512_bf16"), True),
+        (X86_FLAGS.format(extra="amx_tile amx_bf16"), True),
+        (X86_FLAGS.format(extra="avx512_vnni"), False),  # AVX512 alone: bf16 would be emulated
+        ("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n", True),
+        ("processor\t: 0\nFeatures\t: fp asimd\nmodel name\t: has bf16 in its name\n", False),
+        ("", False),
+    ],
+)
+def test_cpu_bf16_support_is_read_from_the_cpu_flags(cpuinfo, native):
+    assert cpu_has_bf16(cpuinfo) is native
+
+
+def _convnet(depthwise: bool) -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 8, 3, groups=8 if depthwise else 2))
+
+
+@pytest.mark.parametrize(
+    ("device", "native_bf16", "depthwise", "expected"),
+    [
+        ("cpu", True, False, "bf16"),
+        ("cpu", True, True, "fp32"),
+        ("cpu", False, False, "fp32"),
+        ("cuda", False, True, "bf16"),  # GPUs: bf16 whatever the model
+    ],
+)
+def test_auto_precision_picks_bf16_only_where_it_pays(monkeypatch, device, native_bf16, depthwise, expected):
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: native_bf16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert auto_precision(torch.device(device), _convnet(depthwise)) == expected
+
+
+def test_auto_precision_falls_back_to_fp16_on_gpus_without_bf16(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert auto_precision(torch.device("cuda"), _convnet(False)) == "fp16"
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_auto_precision_trains_a_dense_net_in_bf16_on_cpus_that_have_it(tiny_set, tmp_path, monkeypatch, native_bf16):
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: native_bf16)
+    model = create_model("timm:resnet10t", "linear", _tasks())
+    dtypes = _output_dtypes(model)
+    run = tmp_path / "run"
+    train(tiny_config(tiny_set, run), model=model)
+    dtype, name = (torch.bfloat16, "bf16") if native_bf16 else (torch.float32, "fp32")
+    assert set(dtypes) == {dtype}
+    run_info = json.loads((run / "config.json").read_text())
+    assert run_info["precision"] == "auto" and run_info["run"]["precision"] == name
+
+
+@pytest.mark.parametrize(("device", "compiled"), [("cpu", False), ("cuda", True)])
+def test_compile_defaults_to_on_with_cuda_only(tiny_set, device, compiled):
+    config = TrainConfig(data=str(tiny_set), img_size=32, batch_size=8, epochs=1)
+    train_module._resolve_defaults(config, SimpleNamespace(root=tiny_set), torch.device(device), train_module.Dist())
+    assert config.compile is compiled
+    assert TrainConfig(compile=False).compile is False  # --no-compile is kept as given
+
+
+@pytest.mark.slow
+def test_compiled_training_writes_plain_loadable_checkpoints(tiny_set, tmp_path):
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    run = tmp_path / "run"
+    model = create_model("timm:resnet10t", "linear", _tasks())
+    train(tiny_config(tiny_set, run, arch="timm:resnet10t", compile=True), model=model)
+    assert counters["stats"]["unique_graphs"] > 0  # the model really went through torch.compile
+    saved, meta = load_model(run / "best.st")
+    assert meta["train"]["compile"] is True
+    trained = model.state_dict()
+    assert saved.state_dict().keys() == trained.keys()  # no torch.compile prefixes in the file
+    for key, tensor in saved.state_dict().items():
+        torch.testing.assert_close(tensor, trained[key].cpu(), msg=key)
 
 
 @pytest.mark.parametrize(
