@@ -686,7 +686,7 @@ def _feed(
                     to_device, to_device)  # fmt: skip
     with _main_first(ddp):
         train_store, val_store = (
-            _store(samples, store_side(img_size, training), crop, reporter)
+            _store(samples, store_side(img_size, training), crop, device, reporter)
             for samples, training in ((train_samples, True), (val_samples, False))
         )
     val_feed = PackedDataset(val_store), BatchAugment(img_size, mean, std, None, device)
@@ -698,11 +698,14 @@ def _feed(
     return Feed(per_image, val_feed[0], to_device, val_feed[1])
 
 
-def _store(samples: list[Sample], side: int, crop: float | None, reporter: Reporter) -> PackedImages:
+def _store(
+    samples: list[Sample], side: int, crop: float | None, device: torch.device, reporter: Reporter
+) -> PackedImages:
+    """The prepared store of `samples`, built (JPEGs decoded on the GPU when training there) if not yet there."""
     path = store_path(samples, side, cache_home(), crop)
     if not path.is_file():
         reporter.info(f"--cache: preparing {len(samples)} images at {side} px, once, into {path}")
-    return load_or_build(samples, side, cache_home(), crop)
+    return load_or_build(samples, side, cache_home(), crop, device=device if device.type == "cuda" else None)
 
 
 def _profile_line(epoch: int, per_step: dict[str, float]) -> str:

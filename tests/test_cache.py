@@ -10,14 +10,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_weights
+from conftest import SMALL_CLASSES, assert_same_weights, real_photos_by_class
 from PIL import Image, ImageOps
+from torchvision.io import decode_jpeg
 from typer.testing import CliRunner
 
 from carcli.cli import app
+from carcli.data import packed
 from carcli.data.batch_augment import BatchAugment, batchable
 from carcli.data.images import open_rgb
-from carcli.data.layouts import load_dataset
+from carcli.data.layouts import Sample, load_dataset
 from carcli.data.packed import PackedDataset, load_or_build, store_path, store_side
 from carcli.data.transforms import PRESETS, Augment
 
@@ -51,6 +53,54 @@ def test_store_holds_the_resized_images_and_is_built_once(tiny_set, tmp_path):
     again = load_or_build(samples, 24, tmp_path, progress=lambda done, total: calls.append(done))
     assert again.path == store.path and not calls and store.path.stat().st_mtime_ns == built
     assert [p.name for p in tmp_path.iterdir()] == [store.path.name]  # no temporary file left behind
+
+
+def _photo_kinds(folder):
+    """Real photos at a full-size-like scale as the file kinds a data set holds, each with a box."""
+    photos = sorted(real_photos_by_class()[SMALL_CLASSES[0]])[:6]
+    folder.mkdir()
+    samples = []
+    for i, (kind, src) in enumerate(zip(("rgb", "rgb", "gray", "rotated", "cmyk", "png"), photos, strict=True)):
+        img = Image.open(src).convert("RGB")
+        img = img.resize((img.width * 3, img.height * 3))
+        path = folder / f"{i}-{kind}.{'png' if kind == 'png' else 'jpg'}"
+        if kind == "gray":
+            img.convert("L").save(path, quality=95)
+        elif kind == "rotated":
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            img.save(path, quality=95, exif=exif)
+        else:
+            img.convert("CMYK" if kind == "cmyk" else "RGB").save(path, quality=95)
+        box = (img.width // 8, img.height // 6, img.width - img.width // 5, img.height - 4)
+        samples.append(Sample(path, i, "train", box))
+    return samples
+
+
+@pytest.mark.parametrize("crop_margin", [None, 0.1])
+def test_device_decoding_builds_the_store_pil_would(tmp_path, monkeypatch, crop_margin):
+    samples = _photo_kinds(tmp_path / "photos")
+    decoded = []
+
+    def counting_decode(blobs, **kwargs):
+        decoded.extend(blobs)
+        return decode_jpeg(blobs, **kwargs)
+
+    monkeypatch.setattr(packed, "decode_jpeg", counting_decode)
+    by_pil = load_or_build(samples, 64, tmp_path / "pil", crop_margin)
+    assert not decoded
+    by_device = load_or_build(samples, 64, tmp_path / "device", crop_margin, device=CPU)
+    assert len(decoded) == 3  # the RGB and grayscale JPEGs; the rotated, CMYK and PNG files went through PIL
+    for index, sample in enumerate(samples):
+        device_pixels, pil_pixels = by_device.images[index].astype(int), by_pil.images[index].astype(int)
+        if index >= 3:
+            np.testing.assert_array_equal(device_pixels, pil_pixels, err_msg=sample.path.name)
+            continue
+        # both are approximations (PIL decodes at 1/2-1/8 scale first); the full-size decode is no further off
+        full = open_rgb(sample.path, None, sample.bbox if crop_margin is not None else None, crop_margin or 0.0)
+        exact = np.asarray(ImageOps.fit(full, (64, 64), Image.Resampling.LANCZOS)).astype(int)
+        device_error, pil_error = np.abs(device_pixels - exact).mean(), np.abs(pil_pixels - exact).mean()
+        assert device_error <= pil_error + 0.5 and device_error < 6, (sample.path.name, device_error, pil_error)
 
 
 def test_a_changed_photo_or_size_gets_a_new_store(tiny_set, tmp_path):

@@ -32,7 +32,7 @@ def open_rgb(path: Path, min_size: int | None = None, box: Box | None = None, ma
     """
     with Image.open(path) as img:
         width, height = img.size
-        crop = _grow(box, margin, width, height) if box else None
+        crop = grow_box(box, margin, width, height) if box else None
         if min_size and img.format == "JPEG":
             zoom = 1.0 if crop is None else max(width / (crop[2] - crop[0]), height / (crop[3] - crop[1]))
             img.draft("RGB", (math.ceil(min_size * zoom), math.ceil(min_size * zoom)))
@@ -49,7 +49,7 @@ def centre_square(width: int, height: int) -> tuple[float, float, float]:
     return (width - side) / 2, (height - side) / 2, side
 
 
-def _grow(box: Box, margin: float, width: int, height: int) -> Box:
+def grow_box(box: Box, margin: float, width: int, height: int) -> Box:
     """`box` grown by `margin` times its width/height on every side, clipped to the image (never empty)."""
     x1, y1, x2, y2 = box
     dx, dy = margin * (x2 - x1), margin * (y2 - y1)

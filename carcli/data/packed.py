@@ -7,6 +7,12 @@ detail, evaluation exactly the input size). The file name is a hash of everythin
 pixels (paths, sizes and modification times of the photos, boxes, side), so an edited data set
 gets a fresh store and an unchanged one is reused by every later run. Stores are written to a
 temporary name and renamed when complete: an interrupted build never leaves a store to trust.
+
+The build decodes with PIL's draft mode on CPU threads (the JPEG decoder scales by 1/2 to 1/8 as
+it decodes, the fastest CPU path for full-size photos: benchmarks/decode.py). Given a CUDA device,
+plain RGB or grayscale JPEGs are decoded there instead, a batch at a time with nvjpeg
+(`torchvision.io.decode_jpeg`), and cropped and resized on the GPU; other files (PNG, CMYK, EXIF-
+rotated photos) keep the PIL path.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +28,19 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
+from torch import Tensor
+from torchvision.io import ImageReadMode, decode_jpeg
 
-from carcli.data.images import open_rgb
+from carcli.data.images import Box, centre_square, grow_box, open_rgb
 from carcli.data.layouts import Sample
 from carcli.errors import CarcliError
 from carcli.files import atomic_output
 
 TRAIN_MARGIN = 1.15  # training images are stored this much larger than the input size
+DEVICE_BATCH = 64  # photos decoded together on the device
+EXIF_ORIENTATION = 0x0112
 
 
 def store_side(img_size: int, training: bool) -> int:
@@ -85,11 +96,15 @@ def load_or_build(
     crop_margin: float | None = None,
     progress: Callable[[int, int], None] | None = None,
     threads: int | None = None,
+    device: torch.device | None = None,
 ) -> PackedImages:
-    """The store of `samples` at `side` px in `cache_dir`: reused when present, else built (reporting progress)."""
+    """The store of `samples` at `side` px in `cache_dir`: reused when present, else built (reporting progress).
+
+    `device`: where JPEGs are decoded during a build (None: PIL on CPU threads; meant for CUDA).
+    """
     path = store_path(samples, side, cache_dir, crop_margin)
     if not path.is_file():
-        _build(samples, side, path, crop_margin, progress, threads or os.cpu_count() or 1)
+        _build(samples, side, path, crop_margin, progress, threads or os.cpu_count() or 1, device)
     images = np.load(path, mmap_mode="r")
     if images.shape != (len(samples), side, side, 3):
         raise CarcliError(f"image store {path} has shape {images.shape}, not the expected one; delete it to rebuild")
@@ -103,18 +118,70 @@ def _build(
     crop_margin: float | None,
     progress: Callable[[int, int], None] | None,
     threads: int,
+    device: torch.device | None,
 ) -> None:
-    def load(sample: Sample) -> np.ndarray:
-        box = sample.bbox if crop_margin is not None else None
-        img = open_rgb(sample.path, side, box, crop_margin or 0.0)
-        return np.asarray(ImageOps.fit(img, (side, side), Image.Resampling.BILINEAR))
-
     with atomic_output(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(samples), side, side, 3))
-        with ThreadPoolExecutor(max_workers=threads) as pool:  # PIL decodes and resizes without the GIL
-            for done, pixels in enumerate(pool.map(load, samples), start=1):
-                out[done - 1] = pixels
-                if progress is not None:
-                    progress(done, len(samples))
+        for done, (index, pixels) in enumerate(_decoded(samples, side, crop_margin, threads, device), start=1):
+            out[index] = pixels
+            if progress is not None:
+                progress(done, len(samples))
         out.flush()
         del out
+
+
+def _decoded(
+    samples: Sequence[Sample], side: int, crop_margin: float | None, threads: int, device: torch.device | None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, side x side x 3 pixels) of every sample: first those decoded on `device`, then the PIL ones."""
+
+    def box(sample: Sample) -> Box | None:
+        return sample.bbox if crop_margin is not None else None
+
+    def pil_pixels(index: int) -> np.ndarray:
+        img = open_rgb(samples[index].path, side, box(samples[index]), crop_margin or 0.0)
+        return np.asarray(ImageOps.fit(img, (side, side), Image.Resampling.BILINEAR))
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:  # PIL decodes and resizes without the GIL
+        on_device: list[int] = []
+        if device is not None:
+            on_device = [i for i, ok in enumerate(pool.map(_device_decodable, (s.path for s in samples))) if ok]
+        for start in range(0, len(on_device), DEVICE_BATCH):
+            batch = on_device[start : start + DEVICE_BATCH]
+            blobs = list(pool.map(lambda i: _read_bytes(samples[i].path), batch))
+            pixels = _device_pixels(blobs, [box(samples[i]) for i in batch], crop_margin, side, device)
+            yield from zip(batch, pixels, strict=True)
+        rest = sorted(set(range(len(samples))) - set(on_device))
+        yield from zip(rest, pool.map(pil_pixels, rest), strict=True)
+
+
+def _device_decodable(path: Path) -> bool:
+    """A JPEG in RGB or grayscale without an EXIF rotation: what the device decoder takes as PIL would."""
+    try:
+        with Image.open(path) as img:
+            plain = img.format == "JPEG" and img.mode in ("RGB", "L")
+            return plain and img.getexif().get(EXIF_ORIENTATION, 1) == 1
+    except OSError:
+        return False
+
+
+def _read_bytes(path: Path) -> Tensor:
+    return torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+
+
+def _device_pixels(
+    blobs: list[Tensor], boxes: list[Box | None], margin: float | None, side: int, device: torch.device
+) -> list[np.ndarray]:
+    """JPEG files decoded on `device`, each cropped to its box (if any) and centre square, resized to side x side."""
+    decoded = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device)
+    pixels = []
+    for image, box in zip(decoded, boxes, strict=True):
+        height, width = image.shape[-2:]
+        if box is not None:
+            x1, y1, x2, y2 = grow_box(box, margin or 0.0, width, height)
+            image, height, width = image[:, y1:y2, x1:x2], y2 - y1, x2 - x1
+        left, top, size = (round(v) for v in centre_square(width, height))
+        square = image[None, :, top : top + size, left : left + size].float()
+        resized = F.interpolate(square, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        pixels.append(resized[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+    return pixels
