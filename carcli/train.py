@@ -324,7 +324,6 @@ def _train(
         config.weight_decay,
         config.momentum,
         config.backbone_lr_scale,
-        fused=device.type == "cuda",
     )
     updates_per_epoch = -(-steps_per_epoch // config.accum_steps)
     assert config.epochs is not None
@@ -805,6 +804,15 @@ def _set_trainable(model: CarcliModel, frozen: bool) -> None:
         model.backbone.eval()
 
 
+def _match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give restored optimizer tensors their parameter's memory layout (channels_last weights keep NCHW state
+    when loaded); fused AdamW pairs elements by position, so a layout mismatch would corrupt the update."""
+    for param, values in optimizer.state.items():
+        for name, value in values.items():
+            if isinstance(value, Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                values[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def _restore(
     state: RunState,
     model: CarcliModel,
@@ -815,6 +823,7 @@ def _restore(
 ) -> Progress:
     model.load_state_dict(state.model)
     optimizer.load_state_dict(state.optimizer)
+    _match_param_layout(optimizer)
     fast_forward(scheduler, state.progress.global_step)  # after the optimizer: its lr is the (maybe longer) schedule's
     if ema is not None and state.ema is not None:
         ema.load_state_dict(state.ema)

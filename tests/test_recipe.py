@@ -167,6 +167,7 @@ def test_backbone_learns_at_a_scaled_rate():
         is_head = all(id(p) in head_ids for p in group["params"])
         assert group["lr"] == pytest.approx(1e-3 if is_head else 1e-4)
         assert (group["weight_decay"] == 0) == all(p.ndim <= 1 for p in group["params"])
+        assert group["fused"]  # one kernel per step, on the CPU too
 
 
 # ---------------------------------------------------------------- training runs
