@@ -1,11 +1,13 @@
-"""Training-step speed of one model alone (no data pipeline): memory format and autocast dtype.
+"""Training-step speed of one model alone (no data pipeline): memory format, autocast dtype, torch.compile,
+and the optimizer step, foreach against fused AdamW.
 
-The measurement behind two of carcli's defaults: channels_last on (`--channels-last`) and full
-precision on CPUs (`--precision auto`). One AdamW step of cross-entropy on a fixed random batch,
-best of the steps after two warm-up steps.
+The measurement behind carcli's defaults: channels_last on, `--precision auto` (bf16 only for nets
+without depthwise convolutions on CPUs), `--compile` only with CUDA, fused AdamW. One AdamW step of
+cross-entropy on a fixed random batch, best of the steps after two warm-up steps.
 
     python benchmarks/step_speed.py                       # CPU, batch 32, 160 px
-    python benchmarks/step_speed.py --device cuda --img-size 224
+    python benchmarks/step_speed.py --compile             # adds a torch.compile column (minutes per arch)
+    python benchmarks/step_speed.py --device cuda --img-size 224 --compile
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ import torch
 from carcli.models.registry import get_arch
 
 ARCHS = ("ghostnet", "resnet34", "efficientnet_lite0")
-VARIANTS = {  # name: (channels_last, autocast dtype)
-    "contiguous, fp32": (False, None),
-    "channels_last, fp32": (True, None),
-    "channels_last, bf16": (True, torch.bfloat16),
+VARIANTS = {  # name: (channels_last, autocast dtype, torch.compile)
+    "contiguous, fp32": (False, None, False),
+    "channels_last, fp32": (True, None, False),
+    "channels_last, bf16": (True, torch.bfloat16, False),
 }
+COMPILED = {"channels_last, fp32, compiled": (True, None, True)}
 
 
-def images_per_s(arch: str, channels_last: bool, dtype: torch.dtype | None, args: argparse.Namespace) -> float:
+def images_per_s(
+    arch: str, channels_last: bool, dtype: torch.dtype | None, compiled: bool, args: argparse.Namespace
+) -> float:
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = timm.create_model(get_arch(arch).model_name, num_classes=args.classes).to(device)
@@ -36,11 +41,12 @@ def images_per_s(arch: str, channels_last: bool, dtype: torch.dtype | None, args
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+    net = torch.compile(model) if compiled else model
     times = []
     for _ in range(args.steps):
         started = time.perf_counter()
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = torch.nn.functional.cross_entropy(model(images), labels)
+            loss = torch.nn.functional.cross_entropy(net(images), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -48,6 +54,22 @@ def images_per_s(arch: str, channels_last: bool, dtype: torch.dtype | None, args
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
     return args.batch_size / min(times[2:])
+
+
+def optimizer_ms(arch: str, fused: bool, args: argparse.Namespace, steps: int = 10) -> float:
+    """Milliseconds of one AdamW step over the model's parameters (random gradients)."""
+    model = timm.create_model(get_arch(arch).model_name, num_classes=args.classes).to(args.device)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-3, fused=fused)
+    for _ in range(3):
+        optimizer.step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        optimizer.step()
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - started) / steps
 
 
 def main() -> None:
@@ -58,11 +80,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true", help="also time the model under torch.compile")
     args = parser.parse_args()
-    print("| arch | " + " | ".join(VARIANTS) + " |\n|---|" + "---:|" * len(VARIANTS))
+    variants = {**VARIANTS, **(COMPILED if args.compile else {})}
+    print("| arch | " + " | ".join(variants) + " |\n|---|" + "---:|" * len(variants))
     for arch in args.archs.split(","):
-        rates = [images_per_s(arch, cl, dtype, args) for cl, dtype in VARIANTS.values()]
+        rates = [images_per_s(arch, *variant, args) for variant in variants.values()]
         print(f"| {arch} | " + " | ".join(f"{rate:.1f}" for rate in rates) + " |", flush=True)
+    print("\n| arch | AdamW step, foreach | AdamW step, fused |\n|---|---:|---:|")
+    for arch in args.archs.split(","):
+        print(f"| {arch} | {optimizer_ms(arch, False, args):.1f} ms | {optimizer_ms(arch, True, args):.1f} ms |")
 
 
 if __name__ == "__main__":

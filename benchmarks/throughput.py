@@ -11,7 +11,7 @@ and augmentation of whole batches), one epoch; its training images/s (validation
 Also the data pipelines alone (no model) against the decode limit: one core's decode + resize
 rate times the cores.
 
-    python benchmarks/throughput.py                       # 49 classes, 160 px, batch 32, CPU
+    python benchmarks/throughput.py --repeats 3           # 49 classes, 160 px, batch 32, CPU; medians of 3
     python benchmarks/throughput.py --classes 196 --img-size 224 --device cuda
 """
 
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Iterable
@@ -44,6 +45,7 @@ from carcli.train import SilentReporter, TrainConfig, train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "stanford_cars"
 ARCHS = ("ghostnet", "resnet34", "efficientnet_lite0")
+VARIANTS = ("timm", "timm_channels_last", "timm_channels_last_bf16", "carcli")
 TIMM_AUGMENT = Augment(crop_scale=0.08, hflip=True, color_jitter=0.4)  # what create_transform does when training
 
 
@@ -172,6 +174,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--timm-workers", type=int, default=min(4, os.cpu_count() or 1), help="train.py's -j (4)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each setting; the median is reported")
     parser.add_argument("--out", type=Path, default=Path("/tmp/throughput.json"))
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -184,16 +187,18 @@ def main() -> None:
         results["pipeline"] = pipelines(root, args, device)
         print(json.dumps(results["pipeline"]), flush=True)
         for arch in args.archs.split(","):
-            timm_rate = timm_train(arch, root, args, device)
-            timm_cl = timm_train(arch, root, args, device, channels_last=True)
-            timm_cl_bf16 = timm_train(arch, root, args, device, channels_last=True, bf16=True)
-            carcli_rate = carcli_train(arch, root, args, work)
-            timm_best = max(timm_rate, timm_cl, timm_cl_bf16)
-            results["train"][arch] = {
-                "timm": timm_rate, "timm_channels_last": timm_cl, "timm_channels_last_bf16": timm_cl_bf16,
-                "carcli": carcli_rate, "ratio": carcli_rate / timm_rate, "ratio_best_timm": carcli_rate / timm_best,
-            }  # fmt: skip
-            print(arch, json.dumps(results["train"][arch]), flush=True)
+            rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
+            for repeat in range(args.repeats):  # interleaved, so a slow spell of a shared machine hits all alike
+                rates["timm"].append(timm_train(arch, root, args, device))
+                rates["timm_channels_last"].append(timm_train(arch, root, args, device, channels_last=True))
+                rates["timm_channels_last_bf16"].append(timm_train(arch, root, args, device, True, bf16=True))
+                rates["carcli"].append(carcli_train(arch, root, args, work / f"run{repeat}"))
+            result: dict[str, Any] = {name: statistics.median(values) for name, values in rates.items()}
+            result["runs"] = rates
+            result["ratio"] = result["carcli"] / result["timm"]
+            result["ratio_best_timm"] = result["carcli"] / max(result[name] for name in VARIANTS if name != "carcli")
+            results["train"][arch] = result
+            print(arch, json.dumps(result), flush=True)
         args.out.write_text(json.dumps(results, indent=2))
         print_table(results)
     finally:
@@ -211,8 +216,7 @@ def print_table(results: dict[str, Any]) -> None:
         "| carcli / fastest timm |\n|---|---:|---:|---:|---:|---:|---:|"
     )
     for arch, r in results["train"].items():
-        keys = ("timm", "timm_channels_last", "timm_channels_last_bf16", "carcli")
-        rates = " | ".join(f"{r[key]:.1f}" for key in keys)
+        rates = " | ".join(f"{r[key]:.1f}" for key in VARIANTS)
         print(f"| {arch} | {rates} | {r['ratio']:.2f}x | {r['ratio_best_timm']:.2f}x |")
 
 

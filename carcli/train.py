@@ -130,7 +130,7 @@ class TrainConfig:
     patience: int = 0
     clip_grad: float = 0.0
     channels_last: bool = True  # NHWC: 1.3-1.7x faster training of depthwise-conv nets on CPU (docs/benchmarks.md)
-    compile: bool | None = None  # None: on for CUDA, off on CPUs (no gain there: docs/benchmarks.md)
+    compile: bool | None = None  # None: on with CUDA; off on CPUs (minutes of compiling, needs a C++ compiler)
     precision: str = "auto"  # auto: see auto_precision
     profile: bool = False
     device: str = "auto"
