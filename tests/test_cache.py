@@ -103,6 +103,18 @@ def test_device_decoding_builds_the_store_pil_would(tmp_path, monkeypatch, crop_
         assert device_error <= pil_error + 0.5 and device_error < 6, (sample.path.name, device_error, pil_error)
 
 
+def test_jpegs_the_device_decoder_refuses_are_decoded_by_pil(tmp_path, monkeypatch):
+    samples = _photo_kinds(tmp_path / "photos")
+    by_pil = load_or_build(samples, 64, tmp_path / "pil")
+
+    def refusing_decode(blobs, **kwargs):
+        raise RuntimeError("nvjpeg: unsupported JPEG")
+
+    monkeypatch.setattr(packed, "decode_jpeg", refusing_decode)
+    by_device = load_or_build(samples, 64, tmp_path / "device", device=CPU)
+    np.testing.assert_array_equal(by_device.images, by_pil.images)
+
+
 def test_a_changed_photo_or_size_gets_a_new_store(tiny_set, tmp_path):
     shutil.copytree(tiny_set, tmp_path / "data")
     samples = _samples(tmp_path / "data")

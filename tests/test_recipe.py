@@ -333,7 +333,9 @@ def test_compile_defaults_to_on_with_cuda_only(tiny_set, device, compiled):
     config = TrainConfig(data=str(tiny_set), img_size=32, batch_size=8, epochs=1)
     train_module._resolve_defaults(config, SimpleNamespace(root=tiny_set), torch.device(device), train_module.Dist())
     assert config.compile is compiled
-    assert TrainConfig(compile=False).compile is False  # --no-compile is kept as given
+    given = TrainConfig(data=str(tiny_set), img_size=32, batch_size=8, epochs=1, compile=not compiled)
+    train_module._resolve_defaults(given, SimpleNamespace(root=tiny_set), torch.device(device), train_module.Dist())
+    assert given.compile is not compiled  # --compile / --no-compile is kept as given
 
 
 @pytest.mark.slow

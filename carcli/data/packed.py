@@ -12,7 +12,7 @@ The build decodes with PIL's draft mode on CPU threads (the JPEG decoder scales 
 it decodes, the fastest CPU path for full-size photos: benchmarks/decode.py). Given a CUDA device,
 plain RGB or grayscale JPEGs are decoded there instead, a batch at a time with nvjpeg
 (`torchvision.io.decode_jpeg`), and cropped and resized on the GPU; other files (PNG, CMYK, EXIF-
-rotated photos) keep the PIL path.
+rotated photos), and a batch the device decoder refuses, keep the PIL path.
 """
 
 from __future__ import annotations
@@ -146,12 +146,17 @@ def _decoded(
         on_device: list[int] = []
         if device is not None:
             on_device = [i for i, ok in enumerate(pool.map(_device_decodable, (s.path for s in samples))) if ok]
+        failed: list[int] = []
         for start in range(0, len(on_device), DEVICE_BATCH):
             batch = on_device[start : start + DEVICE_BATCH]
             blobs = list(pool.map(lambda i: _read_bytes(samples[i].path), batch))
-            pixels = _device_pixels(blobs, [box(samples[i]) for i in batch], crop_margin, side, device)
+            try:
+                pixels = _device_pixels(blobs, [box(samples[i]) for i in batch], crop_margin, side, device)
+            except RuntimeError:  # a JPEG variant the device decoder refuses: PIL takes the batch
+                failed += batch
+                continue
             yield from zip(batch, pixels, strict=True)
-        rest = sorted(set(range(len(samples))) - set(on_device))
+        rest = sorted(set(range(len(samples))) - set(on_device) | set(failed))
         yield from zip(rest, pool.map(pil_pixels, rest), strict=True)
 
 
@@ -174,7 +179,7 @@ def _device_pixels(
 ) -> list[np.ndarray]:
     """JPEG files decoded on `device`, each cropped to its box (if any) and centre square, resized to side x side."""
     decoded = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device)
-    pixels = []
+    resized = []
     for image, box in zip(decoded, boxes, strict=True):
         height, width = image.shape[-2:]
         if box is not None:
@@ -182,6 +187,6 @@ def _device_pixels(
             image, height, width = image[:, y1:y2, x1:x2], y2 - y1, x2 - x1
         left, top, size = (round(v) for v in centre_square(width, height))
         square = image[None, :, top : top + size, left : left + size].float()
-        resized = F.interpolate(square, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
-        pixels.append(resized[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy())
-    return pixels
+        resized.append(F.interpolate(square, size=(side, side), mode="bilinear", antialias=True, align_corners=False))
+    pixels = torch.cat(resized).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()  # one copy back
+    return list(pixels.numpy())
