@@ -263,7 +263,11 @@ async def read_uploads(request: Request) -> list[Upload]:
             raise ApiError(400, 'a "file" field holds text, not a file')
         return [Upload(part.filename or "upload", await part.read(), part.content_type) for part in parts]  # type: ignore[union-attr]
     if media and not media.startswith(RAW_TYPES):
-        raise ApiError(415, f"content type {media} is neither {MULTIPART} nor an image (image/*)")
+        raise ApiError(
+            415,
+            f"content type {media} is neither {MULTIPART} nor an image: "
+            "send the photo as a form field (curl -F file=@photo.jpg) or say its type (-H 'Content-Type: image/jpeg')",
+        )
     return [Upload("upload", await request.body(), media or None)]
 
 
