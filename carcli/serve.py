@@ -42,10 +42,11 @@ except ModuleNotFoundError as exc:  # the `serve` extra is not installed
     raise CarcliError(f'carcli serve needs {exc.name}: pip install "carcli[serve]"') from None
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from carcli.data.images import open_rgb
 from carcli.data.taxonomy import FINE
+from carcli.evaluate import view_transform
 from carcli.explain import DISPLAY_SIZE, cam_maps, centre_view, grad_cam, overlay
 from carcli.predict import ImagePrediction, predict_batch
 
@@ -95,9 +96,7 @@ class Job:
 class Engine:
     """The loaded checkpoint: decodes uploads into jobs and answers a batch of jobs (one thread at a time)."""
 
-    def __init__(self, model: Any, meta: dict[str, Any], path: Path, device: str) -> None:
-        from carcli.evaluate import view_transform
-
+    def __init__(self, model: nn.Module, meta: dict[str, Any], path: Path, device: str) -> None:
         self.model, self.meta, self.path, self.device = model, meta, path, device
         self.size = int(meta["img_size"])
         self.transform = view_transform(meta)
@@ -214,6 +213,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._gather()
+            if not batch:
+                continue
             try:
                 answers = await loop.run_in_executor(self.executor, self.answer, batch)
             except Exception as exc:  # noqa: BLE001 - one failed batch must not stop the server
@@ -227,14 +228,17 @@ class Batcher:
                 _settle(job, answer)
 
     async def _gather(self) -> list[Job]:
+        """The next job, and those that arrive within BATCH_WAIT_S of it (all waiting ones, up to max_batch)."""
+        loop = asyncio.get_running_loop()
         batch = [await self.queue.get()]
-        deadline = asyncio.get_running_loop().time() + BATCH_WAIT_S
+        deadline = loop.time() + BATCH_WAIT_S
         while len(batch) < self.max_batch:
-            left = deadline - asyncio.get_running_loop().time()
             try:
-                batch.append(self.queue.get_nowait() if left <= 0 else await asyncio.wait_for(self.queue.get(), left))
-            except (asyncio.QueueEmpty, asyncio.TimeoutError):
-                break
+                batch.append(self.queue.get_nowait())
+            except asyncio.QueueEmpty:
+                if loop.time() >= deadline:
+                    break
+                await asyncio.sleep(BATCH_WAIT_S / 5)
         return [job for job in batch if job.future is not None and not job.future.done()]  # drop cancelled requests
 
 
