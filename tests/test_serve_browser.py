@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -92,40 +93,69 @@ def browser(tmp_path):
         shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
 
 
-@pytest.mark.slow
-def test_the_page_recognises_an_uploaded_photo_in_chromium(server, browser, real_folder_set, tmp_path):
+def _api_answer(url: str, photo: Path) -> dict:
+    request = urllib.request.Request(url + "predict", photo.read_bytes(), {"Content-Type": "image/jpeg"})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.load(answer)["predictions"][0]
+
+
+def _wait_for_answer(browser, top_class: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    photo = sorted((real_folder_set / "val").rglob("*.jpg"))[5]
-    request = urllib.request.Request(server + "predict", photo.read_bytes(), {"Content-Type": "image/jpeg"})
-    with urllib.request.urlopen(request, timeout=60) as answer:
-        expected = json.load(answer)["predictions"][0]
+    def settled(driver) -> bool:
+        status = driver.find_element(By.ID, "status")
+        return status.text == "done" or "error" in (status.get_attribute("class") or "")
 
+    WebDriverWait(browser, 120).until(settled)
+    assert browser.find_element(By.ID, "status").text == "done"
+    assert browser.find_element(By.ID, "top1").text == top_class
+    heatmap = browser.find_element(By.ID, "heatmap")
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return arguments[0].naturalWidth", heatmap) > 0)
+    assert heatmap.is_displayed() and heatmap.get_attribute("src").startswith("data:image/png;base64,")
+
+
+DROP = """
+const [name, data] = arguments;
+const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+const files = new DataTransfer();
+files.items.add(new File([bytes], name, {type: "image/jpeg"}));
+document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: files, bubbles: true}));
+"""
+
+
+@pytest.mark.slow
+def test_the_page_recognises_a_photo_in_chromium_on_a_phone_and_by_drag_and_drop(
+    server, browser, real_folder_set, tmp_path
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photos = sorted((real_folder_set / "val").rglob("*.jpg"))
+    expected = _api_answer(server, photos[5])
     browser.get(server)
     WebDriverWait(browser, 30).until(lambda d: "classes" in d.find_element(By.ID, "model").text)
     assert browser.find_element(By.ID, "explain").is_selected()
-    browser.find_element(By.ID, "camera").send_keys(str(photo))
-    WebDriverWait(browser, 120).until(lambda d: d.find_element(By.ID, "status").text in ("done",) or "error" in (
-        d.find_element(By.ID, "status").get_attribute("class") or ""
-    ))  # fmt: skip
-    assert browser.find_element(By.ID, "status").text == "done"
-
-    assert browser.find_element(By.ID, "top1").text == expected["top_k"][0]["label"]
+    browser.find_element(By.ID, "camera").send_keys(str(photos[5]))
+    _wait_for_answer(browser, expected["top_k"][0]["label"])
     labels = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#top5 .label")]
     assert labels == [item["label"] for item in expected["top_k"]]
     assert browser.find_element(By.ID, "make").text == expected["make"]["label"]
     assert browser.find_element(By.ID, "year").text == expected["year"]["label"]
     assert browser.find_element(By.ID, "modernity").text == f"{expected['modernity']:.2f}"
-    heatmap = browser.find_element(By.ID, "heatmap")
-    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return arguments[0].naturalWidth", heatmap) > 0)
-    assert heatmap.is_displayed() and heatmap.get_attribute("src").startswith("data:image/png;base64,")
     assert browser.execute_script("return document.getElementById('photo').naturalWidth") > 0
     fits = "return document.documentElement.scrollWidth <= window.innerWidth"
     assert browser.execute_script(fits), "the page scrolls sideways on a phone"
-
     browser.save_screenshot(str(tmp_path / "phone.png"))
     height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.set_window_size(PHONE[0], height + 200)
     browser.save_screenshot(str(tmp_path / "phone-full.png"))
     assert (tmp_path / "phone.png").stat().st_size > 10_000
+
+    browser.set_window_size(1280, 1000)  # a desktop: drop another photo on the box
+    other = photos[-1]
+    shown = browser.find_element(By.ID, "photo").get_attribute("src")
+    browser.execute_script(DROP, other.name, base64.b64encode(other.read_bytes()).decode())
+    assert browser.find_element(By.ID, "photo").get_attribute("src") not in (shown, None)
+    _wait_for_answer(browser, _api_answer(server, other)["top_k"][0]["label"])
+    browser.save_screenshot(str(tmp_path / "desktop.png"))
