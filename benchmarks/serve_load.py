@@ -12,6 +12,7 @@ classes at 128 px with random weights (speed does not depend on the weights).
 
     python benchmarks/serve_load.py                                   # 1 and 8 clients, 64 photos
     python benchmarks/serve_load.py --model runs/x/best.st --clients 1 4 16 --seconds 60
+    python benchmarks/serve_load.py --no-cli --max-batch 1 --clients 16     # the server without batching
 """
 
 from __future__ import annotations
@@ -59,25 +60,14 @@ def wall(command: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def cli_figures(model: Path, photos: list[Path], repeats: int) -> dict[str, float]:
-    """Median wall times of `carcli predict` on one photo and on the folder, interleaved."""
+def cli_round(model: Path, photos: list[Path]) -> dict[str, float]:
+    """Wall times of `carcli predict` on one photo (a cold process) and on the folder (the batch path)."""
     base = [sys.executable, "-m", "carcli", "predict", "--model", str(model), "--json"]
-    one, folder = [], []
-    for _ in range(repeats):
-        one.append(wall([*base, str(photos[0])]))
-        folder.append(wall([*base, str(photos[0].parent)]))
-    one_s, folder_s = statistics.median(one), statistics.median(folder)
-    after_first = (len(photos) - 1) / (folder_s - one_s) if folder_s > one_s else None  # None: lost in the noise
-    return {"one_s": one_s, "folder_s": folder_s, "after_first_ips": after_first, **warm_batch(model, photos, repeats)}
+    return {"one_s": wall([*base, str(photos[0])]), "folder_s": wall([*base, str(photos[0].parent)])}
 
 
-def warm_batch(model: Path, photos: list[Path], repeats: int) -> dict[str, float]:
-    """The batch path in a process that has imported everything: `carcli.predict.predict` on the folder."""
-    from carcli.predict import predict
-
-    predict([str(photos[0])], model)  # imports and first-call costs
-    seconds = statistics.median(predict([str(photos[0].parent)], model).seconds for _ in range(repeats))
-    return {"warm_folder_s": seconds, "warm_folder_ips": len(photos) / seconds}
+def medians(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
 
 
 def free_port() -> int:
@@ -160,7 +150,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40, help="most requests per client")
     parser.add_argument("--seconds", type=float, default=60, help="most seconds per client count")
     parser.add_argument("--max-batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each carcli predict command")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds (command line, then each client count)")
+    parser.add_argument("--no-cli", action="store_true", help="measure the server only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "photos"
@@ -170,16 +161,24 @@ def main() -> None:
             photos.append(folder / src.name)
             photos[-1].write_bytes(src.read_bytes())
         model = args.model or random_checkpoint(Path(tmp) / "model.st", args.arch, args.img_size)
-        figures: dict[str, Any] = {"cli": cli_figures(model, photos, args.repeats), "serve": []}
+        cli: list[dict[str, float]] = []
+        serve: dict[int, list[dict[str, float]]] = {n: [] for n in args.clients}
         server, url, port = start_server(model, args.max_batch)
         try:
             bodies = [p.read_bytes() for p in photos]
             load(url, port, bodies, 1, 3, 30)  # warm-up
-            for clients in args.clients:
-                figures["serve"].append(load(url, port, bodies, clients, args.requests, args.seconds))
+            for _ in range(args.repeats):  # interleaved: the machine's load drifts
+                cli += [] if args.no_cli else [cli_round(model, photos)]
+                for clients in args.clients:
+                    serve[clients].append(load(url, port, bodies, clients, args.requests, args.seconds))
         finally:
             server.send_signal(signal.SIGINT)
             server.wait(60)
+    figures: dict[str, Any] = {"serve": [medians(rounds) for rounds in serve.values()]}
+    if cli:
+        figures["cli"] = medians(cli)
+        extra = figures["cli"]["folder_s"] - figures["cli"]["one_s"]
+        figures["cli"]["after_first_ips"] = (len(photos) - 1) / extra if extra > 0 else None  # None: lost in noise
     print(json.dumps(figures, indent=1))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import shutil
 import socket
 import struct
 import subprocess
@@ -116,6 +117,8 @@ BAD_INPUTS = {
     "text part": ({"files": {"file": ("notes.txt", b"hello", "text/plain")}}, 415, "text/plain is not an image"),
     "no file field": ({"files": {"photo": ("a.jpg", b"x", "image/jpeg")}}, 400, '"file" field'),
     "file field is text": ({"data": {"file": "x"}, "files": {"other": ("a", b"b")}}, 400, "holds text"),
+    "too many files": ({"files": [("file", ("a.jpg", b"x", "image/jpeg"))] * 65}, 400, "Too many files"),
+    "malformed form": ({"content": b"junk", "headers": {"content-type": "multipart/form-data; boundary=b"}}, 400, ""),
     "too many pixels": ({"content": _png_header(11_000, 10_000)}, 422, "too many pixels (11000x10000"),
     "bomb": ({"content": _png_header(30_000, 30_000)}, 422, "too many pixels"),
     "over the limit": ({"content": b"\xff" * (2**20 + 1), "headers": {"content-type": "image/jpeg"}}, 413, "limit"),
@@ -207,9 +210,12 @@ def test_serve_flag_errors_are_one_line(trained_checkpoint, extra, code, words):
     assert [line for line in result.output.splitlines() if line.strip()] == [f"error: {words}"]
 
 
-def test_a_missing_model_or_a_busy_port_is_one_line(trained_checkpoint, tmp_path):
+def test_a_missing_model_or_a_busy_port_is_one_line(trained_checkpoint, tmp_path, monkeypatch):
     result = runner.invoke(app, ["serve", "--model", str(tmp_path / "none.st")])
     assert result.exit_code == 1 and result.output.strip() == f"error: checkpoint not found: {tmp_path / 'none.st'}"
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 1 and result.output.startswith("error: no --model given and no best.st under runs/")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -226,8 +232,8 @@ def test_without_the_serve_extra_the_error_names_it():
     assert done.stderr.strip() == 'error: carcli serve needs uvicorn: pip install "carcli[serve]"'
 
 
-def test_ctrl_c_stops_the_server_with_130(trained_checkpoint, photos, monkeypatch):
-    """The server runs in this process's main thread; once it answers, a SIGINT stops it cleanly."""
+def test_ctrl_c_stops_the_server_with_130(trained_checkpoint, photos, monkeypatch, tmp_path):
+    """The newest runs/**/best.st is served in this process's main thread; once it answers, a SIGINT stops it."""
     import os
     import signal
     import urllib.error
@@ -251,8 +257,12 @@ def test_ctrl_c_stops_the_server_with_130(trained_checkpoint, photos, monkeypatc
                 time.sleep(0.1)
         os.kill(os.getpid(), signal.SIGINT)
 
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    shutil.copy(trained_checkpoint, tmp_path / "runs" / "r" / "best.st")
+    monkeypatch.chdir(tmp_path)
     threading.Thread(target=client, daemon=True).start()
-    result = runner.invoke(app, ["serve", "--model", str(trained_checkpoint), "--port", "0"])
+    result = runner.invoke(app, ["serve", "--port", "0"])
     assert result.exit_code == 130, result.output
+    assert "using the newest checkpoint: runs/r/best.st" in result.output
     assert f"serving best.st (ghostnet) at {urls[0]}" in result.output and urls[0].startswith("http://127.0.0.1:")
     assert "stopped after 1 requests (1 images in 1 batches)" in result.output and "Traceback" not in result.output
