@@ -459,3 +459,25 @@ def archs() -> None:
         ("name", "library", "params (196 cls)", "features", "img size"),
         rows,
     )
+
+
+@app.command()
+def serve(
+    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: newest runs/*/best.st).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Most images per forward pass when requests arrive together.")] = 16,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body, in MB (413 above).")] = 20,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """A web page and HTTP API that recognise a car from a photo (FastAPI on uvicorn)."""
+    try:
+        from carcli.serve import ServeOptions
+        from carcli.serve import serve as run_server
+
+        stats = run_server(ServeOptions(model, host, port, max_batch, max_upload_mb, device), notify=print_info)
+    except KeyboardInterrupt:
+        print_info("stopped")
+        raise typer.Exit(130) from None
+    print_info(f"stopped after {stats.requests} requests ({stats.images} images in {stats.batches} batches)")
+    raise typer.Exit(130)

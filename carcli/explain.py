@@ -178,6 +178,12 @@ def overlay(img: Image.Image, heat: Tensor, caption: str) -> Image.Image:
     return sheet
 
 
+def centre_view(photo: Image.Image) -> Image.Image:
+    """The centre square of `photo`: the part the model saw, which the heat maps cover."""
+    left, top, side = centre_square(*photo.size)
+    return photo.crop((left, top, left + side, top + side))
+
+
 @dataclass
 class Explanation:
     """What to explain for one image: its file, the class to explain and the caption of the overlay."""
@@ -211,9 +217,7 @@ def write_explanations(
             if saliency:
                 kinds["saliency"] = saliency_maps(model, images, classes)
             for offset, item in enumerate(items[start : start + len(classes)]):
-                photo = open_rgb(item.path, DISPLAY_SIZE)
-                left, top, side = centre_square(*photo.size)  # the maps cover the view the model saw
-                photo = photo.crop((left, top, left + side, top + side))
+                photo = centre_view(open_rgb(item.path, DISPLAY_SIZE))
                 for kind, maps in kinds.items():
                     path = out_dir / f"{stems[start + offset]}.{kind}.png"
                     with atomic_output(path) as tmp:

@@ -27,6 +27,7 @@ from carcli.errors import CarcliError, UsageError
 from carcli.evaluate import (
     SilentStages,
     StageReporter,
+    batch_probs,
     check_crop,
     default_workers,
     sample_probs,
@@ -50,6 +51,10 @@ class ImagePrediction:
 
     def to_json(self) -> dict[str, Any]:
         return {"image": self.image, "top_k": self.top_k, **self.coarse, "modernity": self.modernity}
+
+    def caption(self) -> str:
+        """The top class and its probability, as the explanation overlays show it."""
+        return f"{self.top_k[0]['label']} ({100 * self.top_k[0]['score']:.1f}%)"
 
 
 @dataclass
@@ -120,7 +125,7 @@ def modernity(year_probs: Tensor, years: Sequence[str]) -> Tensor:
 
 
 def image_predictions(
-    paths: Sequence[Path], probs: dict[str, Tensor], meta: dict[str, Any], top_k: int
+    paths: Sequence[Path | str], probs: dict[str, Tensor], meta: dict[str, Any], top_k: int
 ) -> list[ImagePrediction]:
     """Per-image answers from the probabilities of every task (coarse tasks filled from the fine one if needed)."""
     probs, _ = with_implied_tasks(probs, meta)
@@ -144,6 +149,14 @@ def image_predictions(
         score = None if years is None else round(float(years[row]), 4)
         answers.append(ImagePrediction(str(path), top, coarse, score))
     return answers
+
+
+@torch.no_grad()
+def predict_batch(
+    model: torch.nn.Module, meta: dict[str, Any], images: Tensor, names: Sequence[str], top_k: int = 5
+) -> list[ImagePrediction]:
+    """Answers for a batch of images already in the checkpoint's view (`view_transform`): `carcli serve`'s path."""
+    return image_predictions(names, batch_probs(model.eval(), images), meta, top_k)
 
 
 def write_predictions_csv(predictions: Sequence[ImagePrediction], path: Path, top_k: int) -> None:
@@ -232,9 +245,6 @@ def _explain(
 ) -> list[Path]:
     from carcli.explain import Explanation, write_explanations
 
-    items = [
-        Explanation(Path(p.image), int(fine[i].argmax()), f"{p.top_k[0]['label']} ({100 * p.top_k[0]['score']:.1f}%)")
-        for i, p in enumerate(predictions)
-    ]
+    items = [Explanation(Path(p.image), int(fine[i].argmax()), p.caption()) for i, p in enumerate(predictions)]
     progress = reporter.stage("explaining", len(items))
     return write_explanations(model, meta, items, out_dir, saliency, device=device, progress=progress)
