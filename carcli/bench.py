@@ -21,6 +21,7 @@ from carcli.data.layouts import Sample
 from carcli.device import resolve_device
 from carcli.errors import UsageError
 from carcli.evaluate import predict_samples, split_samples, topk_accuracy
+from carcli.limits import check_img_size
 
 LATENCY_BATCH = 1
 THROUGHPUT_BATCH = 32
@@ -57,7 +58,11 @@ class BenchResult:
 
 
 def bench(
-    checkpoint: Path | None = None, arch: str | None = None, img_size: int | None = None, device: str = "auto"
+    checkpoint: Path | None = None,
+    arch: str | None = None,
+    img_size: int | None = None,
+    device: str = "auto",
+    allow_large_images: bool = False,
 ) -> BenchResult:
     """Measure a checkpoint, or an untrained `arch` with a linear head for 196 classes."""
     from carcli.checkpoint import load_model
@@ -65,8 +70,7 @@ def bench(
 
     if (checkpoint is None) == (arch is None):
         raise UsageError("give either a CHECKPOINT or --arch NAME")
-    if img_size is not None and img_size < 32:
-        raise UsageError("--img-size must be at least 32")
+    check_img_size(img_size, allow_large_images)
     torch_device = resolve_device(device)
     if checkpoint is not None:
         model, meta = load_model(checkpoint)
