@@ -184,6 +184,9 @@ def metadata_problem(meta: dict[str, Any], prefix: str = "") -> str | None:
     train = meta.get("train", {})
     if not isinstance(train, dict):
         return f"field {prefix}'train' must be an object, got {_shown(train)}"
+    for name in ("val_fraction", "seed"):
+        if name in train and not _finite(train[name]):
+            return f"field {prefix}'train.{name}' must be a number, got {_shown(train[name])}"
     try:
         check_img_size(meta.get("img_size"), bool(train.get("allow_large_images")), f"field {prefix}'img_size'")
     except UsageError as exc:

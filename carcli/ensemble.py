@@ -234,7 +234,7 @@ def build_ensemble(
     check_output_file(out, "-o")
     say = progress or (lambda message: None)
     models, metas = _load_members(checkpoints)
-    samples, class_names, split = eval_samples(metas[0], data)
+    samples, class_names, split = eval_samples(metas[0], data, say)
     notes = _split_note(metas, data, samples)
     device = str(resolve_device("auto"))
     preds = []

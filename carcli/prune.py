@@ -246,7 +246,7 @@ def prune_checkpoint(
     check_output_file(out, "-o", needed_bytes=checkpoint.stat().st_size if checkpoint.is_file() else 0)
     say = reporter.info if reporter else (lambda message: None)
     model, meta = _load(checkpoint)
-    samples, class_names, split = eval_samples(meta, data)
+    samples, class_names, split = eval_samples(meta, data, say)
     device = str(resolve_device("auto"))
     say(f"scoring {checkpoint.name} on {len(samples)} {split} images")
     before = _report(model, meta, checkpoint.stat().st_size, samples, class_names, device)
@@ -313,7 +313,7 @@ def sweep(
     png_path = csv_path.with_suffix(".png")
     check_output_file(csv_path, "-o")
     model, meta = _load(checkpoint)
-    samples, class_names, split = eval_samples(meta, data)
+    samples, class_names, split = eval_samples(meta, data, progress)
     device = str(resolve_device("auto"))
     rates = [0.0, *rates]
     top1: dict[str, list[float]] = {}

@@ -259,6 +259,8 @@ def train(
     """
     started = time.perf_counter()
     _check_config(config)  # flag values first, before any slow work
+    if config.out and not resume:
+        check_output_dir(Path(config.out))
     ddp = _init_distributed(config.device)
     try:
         return _train(config, reporter or SilentReporter(), model, extra_meta, resume, ddp, started)
