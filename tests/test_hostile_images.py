@@ -3,7 +3,9 @@ images checks them through the one shared check and answers for the good photos 
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -30,8 +32,13 @@ UNREADABLE = {  # kind -> a fragment of the reason given
 READABLE = ("cmyk.jpg", "sixteen-bit.png", "la.png", "palette-alpha.png", "one-bit.png", "float.tif", "anim.gif")
 
 
+@functools.cache
+def _photos() -> list[Path]:
+    return sorted(next(iter(real_photos_by_class().values())))
+
+
 def _photo(index: int = 0) -> Path:
-    return sorted(next(iter(real_photos_by_class().values())))[index]
+    return _photos()[index]
 
 
 def _readable(folder: Path) -> None:
@@ -136,3 +143,48 @@ def test_fetch_folder_excludes_a_bomb_and_keeps_the_source(real_folder_set, zoo,
     assert "unreadable" in result.output
     assert not list((tmp_path / "root").rglob("bomb.png"))
     assert snapshot(source) == before  # the user's folder is read, never changed
+
+
+@pytest.fixture
+def looped(tmp_path) -> Path:
+    """Two photos in a folder holding links back to itself and to its parent (loops), and a second name."""
+    folder = tmp_path / "looped"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(_photo(0), folder / "a.jpg")
+    shutil.copy(_photo(1), folder / "sub" / "b.jpg")
+    (folder / "self").symlink_to(".")
+    (folder / "sub" / "up").symlink_to("..")
+    (folder / "alias.jpg").symlink_to(folder / "a.jpg")
+    return folder
+
+
+@pytest.mark.parametrize("pattern", ["{f}", "{f}/**/*.jpg", "{f}/**", "{f}/*.jpg", "{f}/sub/../*.jpg"])
+def test_links_and_loops_never_list_a_photo_twice(looped, pattern):
+    from carcli.predict import gather_images
+
+    paths, skipped = gather_images([pattern.format(f=looped), str(looped / "a.jpg")])
+    assert len({os.path.realpath(p) for p in paths}) == len(paths) and skipped == []
+    assert {Path(os.path.realpath(p)).name for p in paths} <= {"a.jpg", "b.jpg"}
+    assert len(paths) == (1 if pattern.endswith("*.jpg") and "**" not in pattern else 2)
+
+
+def test_predict_through_a_symlink_loop_answers_each_photo_once(looped, untrained_members):
+    result = carcli("predict", f"{looped}/**/*.jpg", looped, "--model", untrained_members[0], "--json")
+    assert result.exit_code == 0, result.output
+    answers = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert sorted(Path(os.path.realpath(a["image"])).name for a in answers) == ["a.jpg", "b.jpg"]
+
+
+def test_train_lists_a_bomb_and_goes_on(tiny_set, zoo, tmp_path):
+    from types import SimpleNamespace
+
+    from carcli.data.layouts import load_dataset
+    from carcli.train import SilentReporter, _readable_splits
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_set, data)
+    shutil.copy(zoo / "bomb.png", next((data / "train").iterdir()) / "bomb.png")
+    dataset = load_dataset(data)
+    train, val = _readable_splits(dataset, tmp_path, SilentReporter(), SimpleNamespace(main=True))
+    assert len(train) + len(val) == len(dataset.samples) - 1
+    assert "bomb.png" in (tmp_path / "unreadable.txt").read_text()
