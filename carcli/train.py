@@ -80,6 +80,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BALANCES = ("none", "sampler", "weights")
 RUN_FILES = ("best.st", "last.st", "metrics.jsonl", STATE_FILE)
+RUN_FILE_COPIES = 6  # float32 copies of the weights a run folder holds: best, last, state (weights, EMA, 2 moments)
 RESUME_MAY_CHANGE = {"epochs", "workers", "device", "profile", "precision", "compile"}
 
 
@@ -304,7 +305,7 @@ def _train(
     precision = auto_precision(device, model) if config.precision == "auto" else config.precision
     autocast_dtype, scaler = _mixed_precision(precision, device)
     parameters = sum(p.numel() for p in model.parameters())
-    run_dir = Path(config.out or "") if resume else _make_run_dir(config, ddp)
+    run_dir = Path(config.out or "") if resume else _make_run_dir(config, ddp, parameters)
     state = load_run_state(run_dir) if resume else None
     train_samples, val_samples = _readable_splits(dataset, run_dir, reporter, ddp)
 
@@ -569,7 +570,8 @@ def _check_loss_weights(weights: dict[str, float], head: str, tasks: dict[str, i
             raise UsageError(f"--loss-weights: the weight of {task!r} must be 0 or more")
 
 
-def _make_run_dir(config: TrainConfig, ddp: Dist) -> Path:
+def _make_run_dir(config: TrainConfig, ddp: Dist, parameters: int) -> Path:
+    """The run folder, made; refused when it holds a run, cannot be written or lacks room for the checkpoints."""
     if config.out:
         run_dir = Path(config.out)
     else:
@@ -582,7 +584,7 @@ def _make_run_dir(config: TrainConfig, ddp: Dist) -> Path:
             raise CarcliError(
                 f"{run_dir} already holds a run ({', '.join(taken)}); choose another --out or continue it with --resume"
             )
-        check_output_dir(run_dir)
+        check_output_dir(run_dir, needed_bytes=parameters * 4 * RUN_FILE_COPIES)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -177,6 +177,14 @@ def test_too_little_space_for_an_export_is_refused_before_exporting(model, tmp_p
     assert not (tmp_path / "m.pt").exists()
 
 
+def test_too_little_space_for_a_runs_checkpoints_is_refused_before_training(tiny_set, tmp_path, monkeypatch):
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=10_000_000))
+    args = ("--arch", "ghostnet", "--img-size", "32", "--epochs", "1", "--workers", "0")
+    fails("train", "--data", tiny_set, "--out", tmp_path / "run", *args, says=("MB are needed",))
+    assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------- faults: full disk, killed writers
 
 
