@@ -10,6 +10,7 @@ cannot become RGB) is found and listed before any batch instead of crashing an e
 from __future__ import annotations
 
 import math
+import os
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
@@ -35,7 +36,8 @@ class UnreadableImage(CarcliError):
     """An image file that cannot be decoded; `why` says how, in a few words."""
 
     def __init__(self, path: Path, why: str) -> None:
-        super().__init__(f"{path}: {why}")
+        named = isinstance(path, str | os.PathLike)  # an in-memory upload (BytesIO) has no name to show
+        super().__init__(f"{path}: {why}" if named else why)
         self.path, self.why = path, why
 
 
