@@ -17,10 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from carcli.data.images import image_problems
 from carcli.data.layouts import Sample
 from carcli.device import resolve_device
-from carcli.errors import UsageError
+from carcli.errors import CarcliError, UsageError
 from carcli.evaluate import predict_samples, split_samples, topk_accuracy
+from carcli.limits import check_img_size
 
 LATENCY_BATCH = 1
 THROUGHPUT_BATCH = 32
@@ -57,7 +59,11 @@ class BenchResult:
 
 
 def bench(
-    checkpoint: Path | None = None, arch: str | None = None, img_size: int | None = None, device: str = "auto"
+    checkpoint: Path | None = None,
+    arch: str | None = None,
+    img_size: int | None = None,
+    device: str = "auto",
+    allow_large_images: bool = False,
 ) -> BenchResult:
     """Measure a checkpoint, or an untrained `arch` with a linear head for 196 classes."""
     from carcli.checkpoint import load_model
@@ -65,8 +71,7 @@ def bench(
 
     if (checkpoint is None) == (arch is None):
         raise UsageError("give either a CHECKPOINT or --arch NAME")
-    if img_size is not None and img_size < 32:
-        raise UsageError("--img-size must be at least 32")
+    check_img_size(img_size, allow_large_images)
     torch_device = resolve_device(device)
     if checkpoint is not None:
         model, meta = load_model(checkpoint)
@@ -155,9 +160,21 @@ def throughput(model: nn.Module, img_size: int, device: torch.device | str = "cp
     return THROUGHPUT_BATCH / _seconds_per_batch(model, images, warmup=1, budget_s=1.0, min_runs=2)
 
 
-def eval_samples(meta: dict[str, Any], data: Path) -> tuple[list[Sample], list[str], str]:
-    """The evaluation split of `data` as the checkpoint's training run split it: samples, class names, split name."""
+def eval_samples(
+    meta: dict[str, Any], data: Path, say: Callable[[str], None] | None = None
+) -> tuple[list[Sample], list[str], str]:
+    """The evaluation split of `data` as the checkpoint's training run split it: samples, class names, split name.
+
+    Images the shared check finds unreadable are left out and named through `say`.
+    """
     dataset, samples, split = split_samples(meta, data, None)
+    bad = image_problems([s.path for s in samples])
+    for path, why in bad.items():
+        if say is not None:
+            say(f"skipped {path}: {why}")
+    samples = [s for s in samples if s.path not in bad]
+    if not samples:
+        raise CarcliError(f"no readable images in the {split} split of {data}")
     return samples, dataset.class_names, split
 
 

@@ -15,14 +15,19 @@ never leaves a half-written checkpoint under the final name.
 
 from __future__ import annotations
 
+import errno
 import json
+import math
+import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from carcli import __version__
 from carcli.data.taxonomy import FINE, Taxonomy
-from carcli.errors import CarcliError
+from carcli.errors import CarcliError, UsageError
 from carcli.files import atomic_output
+from carcli.limits import check_img_size
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -44,7 +49,14 @@ def write_safetensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     with atomic_output(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except OSError:
+            raise
+        except Exception as exc:  # safetensors reports I/O failures as SafetensorError("... Os { code: 28 ...")
+            code = re.search(r"code: (\d+)", str(exc))
+            number = int(code[1]) if code else errno.EIO
+            raise OSError(number, os.strerror(number)) from exc
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -154,4 +166,62 @@ def _parse_metadata(path: Path, raw: str | None) -> dict[str, Any]:
         raise CarcliError(
             f"{path} has checkpoint format {meta['format']}, newer than this carcli reads ({FORMAT}); upgrade carcli"
         )
+    problem = metadata_problem(meta)
+    if problem:
+        raise CarcliError(f"{path}: {problem}; the file is damaged or was not written by carcli")
     return meta
+
+
+def metadata_problem(meta: dict[str, Any], prefix: str = "") -> str | None:
+    """What is wrong with the types and shapes of checkpoint metadata (None: nothing), naming the field.
+
+    Checked once, when a checkpoint is read, so every command can trust `img_size`, `mean`, `std`,
+    `tasks` and the ensemble's `members`/`weights` without converting them again.
+    """
+    for name in ("arch", "head"):
+        if not isinstance(meta.get(name), str) or not meta[name]:
+            return f"field {prefix}{name!r} must be a name, got {_shown(meta.get(name))}"
+    train = meta.get("train", {})
+    if not isinstance(train, dict):
+        return f"field {prefix}'train' must be an object, got {_shown(train)}"
+    for name in ("val_fraction", "seed"):
+        if name in train and not _finite(train[name]):
+            return f"field {prefix}'train.{name}' must be a number, got {_shown(train[name])}"
+    try:
+        check_img_size(meta.get("img_size"), bool(train.get("allow_large_images")), f"field {prefix}'img_size'")
+    except UsageError as exc:
+        return str(exc).split(": one such")[0]
+    for name in ("mean", "std"):
+        value = meta.get(name)
+        if not (isinstance(value, list) and len(value) == 3 and all(_finite(v) for v in value)):
+            return f"field {prefix}{name!r} must be 3 numbers (one per colour channel), got {_shown(value)}"
+    if any(v <= 0 for v in meta["std"]):
+        return f"field {prefix}'std' must be positive, got {_shown(meta['std'])}"
+    for task, names in meta["tasks"].items():
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            return f"field {prefix}'tasks.{task}' must be a list of class names, got {_shown(names)}"
+    return _ensemble_problem(meta, prefix) if "members" in meta else None
+
+
+def _ensemble_problem(meta: dict[str, Any], prefix: str) -> str | None:
+    members, weights = meta["members"], meta.get("weights")
+    if not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members):
+        return f"field {prefix}'members' must be a list of member metadata, got {_shown(members)}"
+    if not (isinstance(weights, list) and len(weights) == len(members) and all(_finite(w) for w in weights)):
+        return f"field {prefix}'weights' must be {len(members)} numbers, one per member, got {_shown(weights)}"
+    for i, member in enumerate(members):
+        if not isinstance(member.get("tasks"), dict):
+            return f"field {prefix}'members[{i}].tasks' must be an object, got {_shown(member.get('tasks'))}"
+        problem = metadata_problem(member, f"{prefix}members[{i}].")
+        if problem:
+            return problem
+    return None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from carcli import __version__
 from carcli.console import print_error, print_info, render_table
-from carcli.errors import CarcliError, UsageError
+from carcli.errors import CarcliError, UsageError, fault, one_line
 
 
 class CarcliGroup(TyperGroup):
@@ -44,12 +44,16 @@ class CarcliGroup(TyperGroup):
         except CarcliError as exc:
             if debug:
                 raise
-            print_error(str(exc))
+            print_error(one_line(str(exc)))
             code = exc.exit_code
         except Exception as exc:
             if debug:
                 raise
-            print_error(f"unexpected {type(exc).__name__}: {exc} (set CARCLI_DEBUG=1 for the traceback)")
+            known = fault(exc)
+            if known is None:
+                print_error(f"unexpected {type(exc).__name__}: {exc} (set CARCLI_DEBUG=1 for the traceback)")
+            else:
+                print_error(str(known))
             code = 1
         if standalone_mode:
             sys.exit(code)
@@ -252,6 +256,9 @@ def train(
         bool | None,
         _opt("Print where each step's time goes: loader wait, preparation, compute.", RUN, "--profile/--no-profile"),
     ] = None,
+    allow_large_images: Annotated[
+        bool | None, _opt("Allow --img-size over 2048 (memory grows with its square).", DATA, "--allow-large-images")
+    ] = None,
 ) -> None:
     """Train a classifier and write safetensors checkpoints (best.st, last.st) to a run folder."""
     from carcli.console import RichReporter, render_train_summary
@@ -401,11 +408,14 @@ def bench(
     arch: Annotated[str | None, typer.Option(help="Measure an untrained architecture instead (196 classes).")] = None,
     img_size: Annotated[int | None, typer.Option(help="Input size (default: the checkpoint's or arch's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    allow_large_images: Annotated[
+        bool, typer.Option("--allow-large-images", help="Allow --img-size over 2048.")
+    ] = False,
 ) -> None:
     """Parameters, FLOPs, file size, latency (batch 1) and throughput (batch 32) of a model."""
     from carcli.bench import bench as run_bench
 
-    result = run_bench(checkpoint, arch, img_size, device)
+    result = run_bench(checkpoint, arch, img_size, device, allow_large_images)
     render_table("benchmark", ("", "value"), result.rows())
 
 

@@ -28,6 +28,7 @@ from carcli.data.taxonomy import FINE
 from carcli.device import resolve_device
 from carcli.errors import CarcliError, UsageError
 from carcli.evaluate import Predictions, predict_samples, topk_accuracy
+from carcli.files import check_output_file
 
 METHODS = ("mean", "weighted", "greedy")
 GREEDY_ROUNDS = 20  # Caruana-style selections with replacement; the best prefix is kept
@@ -230,9 +231,10 @@ def build_ensemble(
         raise UsageError(f"--method must be one of {', '.join(METHODS)}")
     if any(out.resolve() == c.resolve() for c in checkpoints):
         raise UsageError("-o would overwrite one of the members; choose another file")
+    check_output_file(out, "-o")
     say = progress or (lambda message: None)
     models, metas = _load_members(checkpoints)
-    samples, class_names, split = eval_samples(metas[0], data)
+    samples, class_names, split = eval_samples(metas[0], data, say)
     notes = _split_note(metas, data, samples)
     device = str(resolve_device("auto"))
     preds = []

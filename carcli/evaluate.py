@@ -32,7 +32,7 @@ from carcli.data.layouts import DataSet, Sample, load_dataset
 from carcli.data.taxonomy import FINE, Taxonomy
 from carcli.data.transforms import eval_transform
 from carcli.errors import CarcliError, UsageError
-from carcli.files import atomic_output, write_text
+from carcli.files import atomic_output, check_output_dir, check_output_file, write_text
 
 EVAL_SPLITS = ("val", "test")
 CROPS = ("cam",)
@@ -584,6 +584,7 @@ def evaluate(
     started = time.perf_counter()
     reporter = reporter or SilentStages()
     _check_options(split, crop, tta, batch_size)
+    _check_outputs(out, submission)
     torch_device = str(resolve_device(device))
     model, meta = load_model(checkpoint, torch_device)
     data = data or _trained_on(meta, checkpoint)
@@ -626,6 +627,14 @@ def evaluate(
     files.insert(0, out_dir / "eval.json")
     write_text(files[0], json.dumps(result.report, indent=2) + "\n")
     return result
+
+
+def _check_outputs(out: Path | None, submission: Path | None) -> None:
+    """Refuse unusable output paths before the model is loaded or any image decoded."""
+    if out is not None:
+        check_output_dir(out)
+    if submission is not None:
+        check_output_file(submission, "--submission")
 
 
 def _check_options(split: str | None, crop: str | None, tta: bool, batch_size: int) -> None:

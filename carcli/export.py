@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from carcli.checkpoint import load_model
 from carcli.ensemble import predicted_tasks
 from carcli.errors import CarcliError, UsageError
-from carcli.files import atomic_output
+from carcli.files import atomic_output, check_output_file
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 INPUT_NAME = "image"
@@ -77,6 +77,7 @@ def export_checkpoint(checkpoint: Path, fmt: str, out: Path | None = None) -> Ex
     out = out or checkpoint.with_name(checkpoint.stem + FORMATS[fmt])
     if out.resolve() == checkpoint.resolve():
         raise UsageError("-o would overwrite the checkpoint; choose another file")
+    check_output_file(out, "-o", needed_bytes=checkpoint.stat().st_size if checkpoint.is_file() else 0)
     model, meta = load_model(checkpoint)
     tasks = predicted_tasks(model)
     wrapper = TaskOutputs(model, tasks).eval()

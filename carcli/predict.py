@@ -9,7 +9,6 @@ year; one whose classes have no years gives null.
 
 from __future__ import annotations
 
-import glob
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from carcli.data.images import find_unreadable
+from carcli.data.finding import expand_inputs
+from carcli.data.images import image_problems
 from carcli.data.layouts import Sample
 from carcli.data.taxonomy import FINE
 from carcli.errors import CarcliError, UsageError
@@ -34,10 +33,10 @@ from carcli.evaluate import (
     with_implied_tasks,
     write_csv,
 )
+from carcli.files import check_output_dir, check_output_file
 from carcli.paths import RUNS_DIR
 
 COARSE = ("make", "type", "year")
-GLOB_CHARS = "*?["
 
 
 @dataclass
@@ -79,41 +78,15 @@ def newest_checkpoint(runs_dir: Path = RUNS_DIR) -> Path:
 
 
 def gather_images(inputs: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files, folders (searched recursively) and globs -> the decodable image files, and (input, why) for the rest."""
-    candidates: list[Path] = []
-    skipped: list[tuple[str, str]] = []
-    for text in inputs:
-        path = Path(text).expanduser()
-        if any(c in text for c in GLOB_CHARS) and not path.exists():
-            found = [Path(p) for p in sorted(glob.glob(str(path), recursive=True)) if Path(p).is_file()]
-            candidates += found or []
-            if not found:
-                skipped.append((text, "no file matches this pattern"))
-        elif path.is_dir():
-            candidates += sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path))
-        elif path.is_file():
-            candidates.append(path)
-        else:
-            skipped.append((text, "not found"))
-    candidates = list(dict.fromkeys(candidates))
-    bad = set(find_unreadable(candidates))
-    skipped += [(str(p), _why_unreadable(p)) for p in candidates if p in bad]
+    """Files, folders (searched recursively) and globs -> the decodable image files, and (input, why) for the rest.
+
+    Each real file is listed once, however many names or links reach it; unreadable files are skipped with
+    the reason the shared image check gives (truncated, a decompression bomb, not an image...).
+    """
+    candidates, skipped = expand_inputs(inputs)
+    bad = image_problems(candidates)
+    skipped += [(str(p), why) for p, why in bad.items()]
     return [p for p in candidates if p not in bad], skipped
-
-
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
-def _why_unreadable(path: Path) -> str:
-    try:
-        with Image.open(path):
-            pass
-    except UnidentifiedImageError:
-        return "not an image"
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror or exc})"
-    return "corrupt or truncated image"
 
 
 def modernity(year_probs: Tensor, years: Sequence[str]) -> Tensor:
@@ -199,6 +172,7 @@ def predict(
     if saliency and explain_dir is None:
         raise UsageError("--saliency writes its maps beside the Grad-CAM ones: give --explain DIR too")
     check_crop(crop)
+    _check_outputs(csv_path, explain_dir)
     from carcli.checkpoint import load_model
     from carcli.device import resolve_device
 
@@ -231,6 +205,14 @@ def predict(
         )
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _check_outputs(csv_path: Path | None, explain_dir: Path | None) -> None:
+    """Refuse unusable output paths before the model is loaded or any image decoded."""
+    if csv_path is not None:
+        check_output_file(csv_path, "--csv")
+    if explain_dir is not None:
+        check_output_dir(explain_dir, "--explain")
 
 
 def _explain(

@@ -25,7 +25,7 @@ from carcli.bench import count_parameters, eval_samples, latency_ms, top1_per_ta
 from carcli.checkpoint import load_checkpoint, load_model, save_checkpoint
 from carcli.device import resolve_device
 from carcli.errors import CarcliError, UsageError
-from carcli.files import write_bytes
+from carcli.files import check_output_file, write_bytes
 
 if TYPE_CHECKING:
     from carcli.data.layouts import Sample
@@ -243,9 +243,10 @@ def prune_checkpoint(
     out = out or checkpoint.with_name(f"{checkpoint.stem}-{method}{round(100 * rate)}.st")
     if out.resolve() == checkpoint.resolve():
         raise UsageError("-o would overwrite the checkpoint being pruned; choose another file")
+    check_output_file(out, "-o", needed_bytes=checkpoint.stat().st_size if checkpoint.is_file() else 0)
     say = reporter.info if reporter else (lambda message: None)
     model, meta = _load(checkpoint)
-    samples, class_names, split = eval_samples(meta, data)
+    samples, class_names, split = eval_samples(meta, data, say)
     device = str(resolve_device("auto"))
     say(f"scoring {checkpoint.name} on {len(samples)} {split} images")
     before = _report(model, meta, checkpoint.stat().st_size, samples, class_names, device)
@@ -310,8 +311,9 @@ def sweep(
     _check(method, None, 0)
     csv_path = out or checkpoint.with_name(f"{checkpoint.stem}-sweep-{method}.csv")
     png_path = csv_path.with_suffix(".png")
+    check_output_file(csv_path, "-o")
     model, meta = _load(checkpoint)
-    samples, class_names, split = eval_samples(meta, data)
+    samples, class_names, split = eval_samples(meta, data, progress)
     device = str(resolve_device("auto"))
     rates = [0.0, *rates]
     top1: dict[str, list[float]] = {}

@@ -62,7 +62,8 @@ from carcli.data.transforms import (
 )
 from carcli.device import cpu_has_bf16, resolve_device
 from carcli.errors import CarcliError, Interrupted, UsageError
-from carcli.files import write_text
+from carcli.files import check_output_dir, write_error, write_text
+from carcli.limits import check_img_size
 from carcli.losses import LOSSES, inverse_frequency_weights, multitask_loss
 from carcli.models.heads import CarcliModel
 from carcli.models.registry import create_model, get_arch
@@ -79,6 +80,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BALANCES = ("none", "sampler", "weights")
 RUN_FILES = ("best.st", "last.st", "metrics.jsonl", STATE_FILE)
+RUN_FILE_COPIES = 6  # float32 copies of the weights a run folder holds: best, last, state (weights, EMA, 2 moments)
 RESUME_MAY_CHANGE = {"epochs", "workers", "device", "profile", "precision", "compile"}
 
 
@@ -141,6 +143,7 @@ class TrainConfig:
     out: str | None = None
     workers: int | None = None
     tensorboard: bool = False
+    allow_large_images: bool = False  # --img-size over limits.MAX_IMG_SIZE
 
     @property
     def augment_parts(self) -> Augment:
@@ -257,6 +260,8 @@ def train(
     """
     started = time.perf_counter()
     _check_config(config)  # flag values first, before any slow work
+    if config.out and not resume:
+        check_output_dir(Path(config.out))
     ddp = _init_distributed(config.device)
     try:
         return _train(config, reporter or SilentReporter(), model, extra_meta, resume, ddp, started)
@@ -300,7 +305,7 @@ def _train(
     precision = auto_precision(device, model) if config.precision == "auto" else config.precision
     autocast_dtype, scaler = _mixed_precision(precision, device)
     parameters = sum(p.numel() for p in model.parameters())
-    run_dir = Path(config.out or "") if resume else _make_run_dir(config, ddp)
+    run_dir = Path(config.out or "") if resume else _make_run_dir(config, ddp, parameters)
     state = load_run_state(run_dir) if resume else None
     train_samples, val_samples = _readable_splits(dataset, run_dir, reporter, ddp)
 
@@ -367,10 +372,13 @@ def _train(
             sampler.set_start(progress.step * (config.batch_size or 1))
             _set_trainable(model, frozen=config.freeze_backbone or epoch <= config.unfreeze_after)
             reporter.epoch_start(epoch, config.epochs, len(train_loader))
-            train_stats = _train_one_epoch(
-                net, model, train_loader, feed.prepare_train, optimizer, scheduler, scaler, ema, autocast_dtype,
-                fine_to, class_weights, mixer, config, device, reporter, progress, stop,
-            )  # fmt: skip
+            try:
+                train_stats = _train_one_epoch(
+                    net, model, train_loader, feed.prepare_train, optimizer, scheduler, scaler, ema, autocast_dtype,
+                    fine_to, class_weights, mixer, config, device, reporter, progress, stop,
+                )  # fmt: skip
+            except NonFiniteLoss as exc:
+                raise CarcliError(f"{exc}; {_what_was_kept(run_dir, progress)}") from None
             if stop.is_set():
                 _save_state(run_dir, model, optimizer, ema, scaler, progress, ddp)
                 raise Interrupted(
@@ -460,7 +468,15 @@ def parse_milestones(text: str | None) -> list[int]:
 
 def _load_data(config: TrainConfig, reporter: Reporter) -> DataSet:
     if config.data is not None:
-        return load_dataset(Path(config.data), config.val_fraction, config.seed)
+        dataset = load_dataset(Path(config.data), config.val_fraction, config.seed)
+        if len(dataset.class_names) < 2:
+            raise CarcliError(
+                f"{dataset.root} has only one class ({dataset.class_names[0]!r}): a classifier needs at least "
+                "two; add a folder (or manifest label) for another class"
+            )
+        for note in dataset.notes:
+            reporter.warn(note)
+        return dataset
     root = demo.generate_demo(data_home() / demo.DEMO_NAME)
     reporter.info(
         f"no --data given: training on carcli's generated demo set ({root}). "
@@ -512,7 +528,6 @@ def _check_config(config: TrainConfig) -> None:
         (config.accum_steps >= 1, "--accum-steps must be at least 1"),
         (config.lr is None or config.lr > 0, "--lr must be positive"),
         (0 < config.backbone_lr_scale <= 10, "--backbone-lr-scale must be in (0, 10]"),
-        (at_least(config.img_size, 32), "--img-size must be at least 32"),
         (config.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
         (config.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
         (all(m >= 1 for m in config.milestones), "--milestones must be epoch numbers of 1 or more"),
@@ -543,6 +558,7 @@ def _check_config(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    check_img_size(config.img_size, config.allow_large_images)
 
 
 def _check_loss_weights(weights: dict[str, float], head: str, tasks: dict[str, int]) -> None:
@@ -554,7 +570,8 @@ def _check_loss_weights(weights: dict[str, float], head: str, tasks: dict[str, i
             raise UsageError(f"--loss-weights: the weight of {task!r} must be 0 or more")
 
 
-def _make_run_dir(config: TrainConfig, ddp: Dist) -> Path:
+def _make_run_dir(config: TrainConfig, ddp: Dist, parameters: int) -> Path:
+    """The run folder, made; refused when it holds a run, cannot be written or lacks room for the checkpoints."""
     if config.out:
         run_dir = Path(config.out)
     else:
@@ -567,7 +584,11 @@ def _make_run_dir(config: TrainConfig, ddp: Dist) -> Path:
             raise CarcliError(
                 f"{run_dir} already holds a run ({', '.join(taken)}); choose another --out or continue it with --resume"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
+        check_output_dir(run_dir, needed_bytes=parameters * 4 * RUN_FILE_COPIES)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(run_dir, exc) from None
     config.out = str(run_dir)
     return run_dir
 
@@ -940,10 +961,7 @@ def _train_one_epoch(
                     logits, targets, config.loss_weights, config.label_smoothing, class_weights, config.loss == "cot"
                 )
             if not torch.isfinite(loss):
-                raise CarcliError(
-                    f"the loss became {loss.item()} (not finite); the run stopped and keeps its last good "
-                    "checkpoint; try a lower --lr or --clip-grad"
-                )
+                raise NonFiniteLoss(loss.item())
             _backward(loss / config.accum_steps, scaler)
         if update:
             lr = optimizer.param_groups[-1]["lr"]
@@ -968,6 +986,24 @@ def _train_one_epoch(
         "lr": lr,
         "profile": clock.per_step(),
     }
+
+
+class NonFiniteLoss(CarcliError):
+    """The training loss became NaN or infinite; the epoch stops before the weights take the bad step."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(f"the loss became {value} (not finite) and the run stopped")
+
+
+def _what_was_kept(run_dir: Path, progress: Progress) -> str:
+    """The truth about the run folder after a failed epoch: nothing yet, or the files of the last finished epoch."""
+    if progress.epoch == 0 or not (run_dir / "last.st").is_file():
+        return f"no epoch had finished, so {run_dir} holds no checkpoint yet; try a lower --lr or --clip-grad"
+    best = f", best.st from epoch {progress.best_epoch}" if (run_dir / "best.st").is_file() else ""
+    return (
+        f"{run_dir} keeps epoch {progress.epoch}'s files (last.st{best}, state.st); "
+        "try a lower --lr or --clip-grad in a new run"
+    )
 
 
 def _backward(loss: Tensor, scaler: torch.amp.GradScaler | None) -> None:

@@ -60,7 +60,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(safetensors.torch, "save_file", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(CarcliError, match=r"cannot write .*m\.st"):  # names the user's file, not the temp file
         save_checkpoint(path, {"w": torch.zeros(3)}, _meta())
     assert path.read_bytes() == before  # the old checkpoint is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.st"]  # no temp file left

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import lzma
 import os
 import re
 import shutil
@@ -36,6 +37,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -66,7 +68,7 @@ from carcli.data.layouts import (
     load_dataset,
     read_class_names,
 )
-from carcli.errors import CarcliError, UsageError
+from carcli.errors import CarcliError, UsageError, one_line
 from carcli.files import swap_dir
 
 STANFORD_CARS = "stanford-cars"
@@ -398,8 +400,10 @@ def extract(archive: Path, target: Path, max_bytes: int = MAX_EXTRACT_BYTES, rep
             _extract_tar(archive, target, max_bytes, reporter)
     except tarfile.FilterError as err:
         raise CarcliError(f"refusing {archive.name}: {err}") from None
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError) as err:
-        raise CarcliError(f"cannot extract {archive}: {err}") from None
+    except (zlib.error, lzma.LZMAError, EOFError) as err:  # the index is intact but the packed data is not
+        raise CarcliError(f"cannot extract {archive}: its compressed data is damaged ({err}); get it again") from None
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, ValueError) as err:
+        raise CarcliError(f"cannot extract {archive}: {one_line(str(err))}") from None
 
 
 # ---------------------------------------------------------------- what the sources hold

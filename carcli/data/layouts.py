@@ -8,10 +8,11 @@ files; it never decodes an image.
 from __future__ import annotations
 
 import csv
+import os
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -53,6 +54,7 @@ class DataSet:
     layout: str
     class_names: list[str]
     samples: list[Sample]
+    notes: list[str] = field(default_factory=list)  # warnings about degenerate data, for the user
 
     def split(self, name: str) -> list[Sample]:
         """The samples of split `name` ("train", "val" or "test"), in data set order."""
@@ -400,7 +402,43 @@ def load_dataset(root: Path, val_fraction: float = 0.2, seed: int = 0) -> DataSe
     _check_val_fraction(val_fraction)
     layout, base = _locate(root)
     class_names, samples = READERS[layout](base)
+    samples, notes = _once_each(base, class_names, samples)
     _check_classes(base, class_names, samples)
+    if len(class_names) == 1:
+        notes.append(f"{base} has only one class ({class_names[0]!r}): a classifier needs at least two")
     if not any(sample.split in ("val", "test") for sample in samples):
         samples = stratified_split(samples, val_fraction, seed)
-    return DataSet(root=Path(root), layout=layout, class_names=class_names, samples=samples)
+        notes += _unsplit_classes(class_names, samples, val_fraction)
+    return DataSet(root=Path(root), layout=layout, class_names=class_names, samples=samples, notes=notes)
+
+
+def _once_each(source: Path, class_names: list[str], samples: list[Sample]) -> tuple[list[Sample], list[str]]:
+    """Each image (by real path) once: listed twice with two labels is an error, with one label a warning."""
+    first: dict[str, Sample] = {}
+    kept: list[Sample] = []
+    for sample in samples:
+        seen = first.setdefault(os.path.realpath(sample.path), sample)
+        if seen is sample:
+            kept.append(sample)
+        elif seen.label != sample.label:
+            raise CarcliError(
+                f"{source}: {sample.path} is listed twice with different labels "
+                f"({class_names[seen.label]!r} and {class_names[sample.label]!r}); keep one"
+            )
+    repeats = len(samples) - len(kept)
+    note = f"{source}: {repeats} images are listed more than once with the same label; each counts once"
+    return kept, [note] if repeats else []
+
+
+def _unsplit_classes(class_names: list[str], samples: list[Sample], val_fraction: float) -> list[str]:
+    """A note naming the classes that got no validation image from the split (fewer than 2 images)."""
+    if val_fraction <= 0:
+        return []
+    counts = Counter(sample.label for sample in samples if sample.split == "val")
+    alone = [name for i, name in enumerate(class_names) if counts[i] == 0]
+    if not alone:
+        return []
+    return [
+        f"{len(alone)} classes have fewer than 2 images, so none of theirs is held out for validation "
+        f"(first: {alone[0]!r}); their accuracy is not measured"
+    ]

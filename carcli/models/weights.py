@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from carcli.errors import CarcliError
+from carcli.errors import CarcliError, one_line
 
 STRIP_PREFIXES = ("module.", "backbone.", "model.")
 _SAFETENSORS_SUFFIXES = (".safetensors", ".st")
@@ -91,5 +91,9 @@ def _strip(key: str) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    if "Weights only load failed" in str(exc):
+        return (
+            "it holds pickled Python objects besides tensors, and carcli never runs pickled code; "
+            "save its state dict alone (or as safetensors) and pass that"
+        )
+    return one_line(str(exc)) or type(exc).__name__
