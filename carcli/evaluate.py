@@ -33,7 +33,8 @@ from carcli.calibration import (
     tempered,
 )
 from carcli.data.images import ImageDataset, find_unreadable
-from carcli.data.layouts import DataSet, Sample, load_dataset
+from carcli.data.layouts import DataSet, Sample
+from carcli.data.splits import EVAL_SPLITS, align_labels, sample_targets, split_samples
 from carcli.data.taxonomy import FINE, Taxonomy
 from carcli.deploy import OnnxModel, is_onnx
 from carcli.errors import CarcliError, UsageError
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
     from torch.utils.data import Dataset
 
-EVAL_SPLITS = ("val", "test")
 CROPS = ("cam",)
 TTA_CROP = 0.875  # the five TTA crops each cover this share of the side of a slightly larger resize
 MOST_CONFUSED_SHOWN = 20
@@ -83,18 +83,6 @@ class Predictions:
     paths: list[Path]
     probs: dict[str, Tensor]  # task -> (N, classes) softmax probabilities
     targets: dict[str, Tensor]  # task -> (N,) true class index in that task
-
-
-def align_labels(class_names: Sequence[str], meta: dict[str, Any]) -> list[int]:
-    """For each data-set class, its index among the checkpoint's fine classes; unknown classes are an error."""
-    known = {name: i for i, name in enumerate(meta["tasks"][FINE])}
-    unknown = [name for name in class_names if name not in known]
-    if unknown:
-        raise CarcliError(
-            f"{len(unknown)} classes of the data set are not among the checkpoint's {len(known)} classes "
-            f"(first: {unknown[0]!r})"
-        )
-    return [known[name] for name in class_names]
 
 
 # ---------------------------------------------------------------- images -> probabilities
@@ -206,17 +194,6 @@ def predict_samples(
     probs = sample_probs(model, meta, samples, batch_size, device, workers, progress, tta, crop_margin)
     targets = sample_targets(samples, to_fine, meta, list(probs))
     return Predictions([s.path for s in samples], probs, {t: torch.from_numpy(y) for t, y in targets.items()})
-
-
-def sample_targets(
-    samples: Sequence[Sample], to_fine: np.ndarray, meta: dict[str, Any], tasks: Sequence[str]
-) -> dict[str, np.ndarray]:
-    """The true class of every sample in each of `tasks`, from its data-set label."""
-    labels = np.asarray([s.label for s in samples], dtype=np.int64)
-    fine = np.asarray(to_fine, dtype=np.int64)[labels]
-    fine_to = Taxonomy.from_dict(meta["taxonomy"]).fine_to
-    targets = {FINE: fine, **{task: np.asarray(index, dtype=np.int64)[fine] for task, index in fine_to.items()}}
-    return {task: targets[task] for task in tasks}
 
 
 # ---------------------------------------------------------------- the devkit submission format
@@ -332,20 +309,6 @@ class EvalResult:
     most_confused: list[dict[str, Any]]  # the top pairs (all of them are in most_confused.csv)
     unreadable: list[Path] = field(default_factory=list)
     submission_top1: float | None = None  # the written submission, scored by `score_submission`
-
-
-def split_samples(meta: dict[str, Any], data: Path, split: str | None) -> tuple[DataSet, list[Sample], str]:
-    """The data set read as the checkpoint's training run read it (same val share and seed), and a split of it."""
-    train = meta.get("train") or {}
-    dataset = load_dataset(Path(data), float(train.get("val_fraction", 0.2)), int(train.get("seed", 0)))
-    name = split or dataset.eval_split
-    if name not in EVAL_SPLITS:
-        raise CarcliError(f"{data} has no val or test images to evaluate on (raise the training --val-fraction?)")
-    samples = dataset.split(name)
-    if not samples:
-        present = sorted({s.split for s in dataset.samples})
-        raise CarcliError(f"{data} has no {name} images (it has {', '.join(present)}); choose --split accordingly")
-    return dataset, samples, name
 
 
 def check_crop(crop: str | None, tta: bool = False) -> None:

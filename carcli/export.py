@@ -66,7 +66,10 @@ class ExportResult:
             ("file", f"{self.path} ({self.file_bytes / 2**20:.2f} MiB)"),
             ("input", f"{INPUT_NAME}: float32 {shape}, shorter side resized, centre crop, normalised"),
             ("outputs", ", ".join(f"{name} ({n})" for name, n in self.outputs.items())),
-            ("max |exported - PyTorch|", f"{self.max_abs_diff:.2e} (batch {CHECK_BATCH})"),
+            (
+                "max |fp32 ONNX - PyTorch|" if self.quantized else "max |exported - PyTorch|",
+                f"{self.max_abs_diff:.2e} (batch {CHECK_BATCH})",
+            ),
         ]
         if self.temperatures:
             applied = ", ".join(f"{task} {t:.3f}" for task, t in self.temperatures.items())
@@ -113,6 +116,8 @@ def export_checkpoint(
     with torch.no_grad():
         expected = [t.numpy() for t in wrapper(check)]
     sample = _sample(meta, EXPORT_BATCH)
+    report = None
+    out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "openvino":
         got = _write_openvino(wrapper, sample, out, tasks, info, check)
     elif quantize:
@@ -134,7 +139,7 @@ def export_checkpoint(
     diff = max(float(abs(a - b).max()) for a, b in zip(got, expected, strict=True))
     outputs = {task: len(meta["tasks"][task]) for task in tasks}
     result = ExportResult(out, fmt, ("batch", 3, size, size), outputs, diff, out.stat().st_size, temperatures)
-    result.quantized = report if quantize else None
+    result.quantized = report
     return result
 
 

@@ -23,9 +23,9 @@ import numpy as np
 
 from carcli.data.images import open_rgb
 from carcli.data.layouts import Sample, load_dataset
+from carcli.data.splits import align_labels, sample_targets, split_samples
 from carcli.deploy import INPUT_NAME, OnnxModel, eval_view
 from carcli.errors import CarcliError
-from carcli.evaluate import align_labels, sample_targets, split_samples
 from carcli.files import atomic_output
 from carcli.metrics import topk_accuracy
 
