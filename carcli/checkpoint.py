@@ -84,6 +84,14 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     return state, meta
 
 
+def rewrite_metadata(path: Path, meta: dict[str, Any], out: Path | None = None) -> Path:
+    """Write `path`'s tensors with `meta` as their carcli metadata to `out` (default: `path` itself), atomically."""
+    state, _ = load_checkpoint(path)
+    target = out or path
+    write_safetensors(target, state, {METADATA_KEY: json.dumps(meta)})
+    return target
+
+
 def load_model(path: Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint describes and load its weights (eval mode).
 

@@ -287,7 +287,7 @@ def train(
 
 @app.command("eval")
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="A .st checkpoint.")],
+    checkpoint: Annotated[Path, typer.Argument(help="A .st checkpoint, or an .onnx model made by `carcli export`.")],
     data: Annotated[
         Path | None, typer.Option(help="Data set root (default: the one the checkpoint was trained on).")
     ] = None,
@@ -310,15 +310,22 @@ def evaluate(
         int | None, typer.Option(help="Loader processes (default: 0 for one batch, else cores // 2).")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    calibrate: Annotated[
+        bool, typer.Option("--calibrate", help="Fit one temperature per task on the val split; store it.")
+    ] = False,
+    calibrated_out: Annotated[
+        Path | None, typer.Option("-o", "--calibrated-out", help="With --calibrate: write a new .st instead.")
+    ] = None,
 ) -> None:
-    """Per-task metrics, confusion matrices and reports for a checkpoint on a data set."""
+    """Per-task metrics, calibration, confusion matrices and reports for a checkpoint on a data set."""
     from carcli.console import RichStages, print_json_line, render_eval
     from carcli.evaluate import evaluate as run_eval
 
     with RichStages() as reporter:
         result = run_eval(
-            checkpoint, data, split, out, tta, crop, submission, batch_size, workers, device, reporter=reporter
-        )
+            checkpoint, data, split, out, tta, crop, submission, batch_size, workers, device, reporter=reporter,
+            calibrate=calibrate, calibrated_out=calibrated_out,
+        )  # fmt: skip
     if json_output:
         print_json_line(result.report)
     else:
@@ -390,16 +397,23 @@ def ensemble(
 @app.command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A .st checkpoint (plain, pruned or ensemble).")],
-    fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx, torchscript or openvino.")],
     out: Annotated[Path | None, typer.Option("-o", "--out", help="File to write (default beside the checkpoint).")] = (
         None
     ),
+    quantize: Annotated[str | None, typer.Option(help="int8: ONNX Runtime static quantisation (needs --data).")] = None,
+    data: Annotated[Path | None, typer.Option(help="With --quantize: data set to calibrate and score on.")] = None,
+    calibration_images: Annotated[int, typer.Option(help="With --quantize: training images to calibrate on.")] = 200,
 ) -> None:
-    """Export to ONNX (dynamic batch) or TorchScript, checked against PyTorch after writing."""
+    """Export to ONNX (dynamic batch, optionally int8), TorchScript or OpenVINO IR, checked after writing."""
     from carcli.export import export_checkpoint
 
-    result = export_checkpoint(checkpoint, fmt, out)
+    result = export_checkpoint(checkpoint, fmt, out, quantize, data, calibration_images)
     render_table(f"exported {checkpoint.name} to {result.format}", ("", "value"), result.rows())
+    if result.quantized is not None:
+        q = result.quantized
+        title = f"fp32 against int8 (calibrated on {q.calibration_images} images)"
+        render_table(title, ("", "fp32", "int8"), q.rows())
 
 
 @app.command()
@@ -422,7 +436,9 @@ def bench(
 @app.command()
 def predict(
     images: Annotated[list[str], typer.Argument(help="Image files, folders or globs.")],
-    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: newest runs/*/best.st).")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Checkpoint, or an exported .onnx (default: newest runs/*/best.st).")
+    ] = None,
     top_k: Annotated[int, typer.Option(help="Fine classes shown per image.")] = 5,
     json_output: Annotated[
         bool, typer.Option("--json", help="One JSON object per image per line (JSON Lines).")

@@ -199,11 +199,12 @@ def render_eval(result: EvalResult) -> None:
             str(m["classes"]),
             *(_percent(m[k]) for k in ("top1", "top5", "macro_precision", "macro_recall", "macro_f1")),
             f"{m['loss']:.3f}",
+            _percent(m.get("ece")),
             *([_percent(m["plain_top1"])] if crop else []),
         ]
         for task, m in tasks.items()
     ]
-    columns = ["task", "classes", "top-1", "top-5", "precision", "recall", "F1", "loss"]
+    columns = ["task", "classes", "top-1", "top-5", "precision", "recall", "F1", "loss", "ECE"]
     render_table("metrics (macro averages over classes)", [*columns, *(["top-1 w/o crop"] if crop else [])], rows)
     hierarchy = [(task, m) for task, m in tasks.items() if "implied_top1" in m]
     if hierarchy:
@@ -218,6 +219,17 @@ def render_eval(result: EvalResult) -> None:
         for pair in result.most_confused:
             table.add_row(pair["true"], pair["predicted"], str(pair["count"]), _percent(pair["share"]))
         console.print(table)
+    if "calibration" in report:
+        c = report["calibration"]
+        render_table(
+            f"calibration: a temperature per task, fitted on {c['fitted_on']['images']} val images",
+            ("task", "temperature", "ECE before", "ECE after"),
+            [
+                (t, f"{v:.3f}", _percent(c["ece_before"].get(t)), _percent(c["ece_after"].get(t)))
+                for t, v in c["temperatures"].items()
+            ],
+        )
+        console.print(f"temperatures stored in {escape(c['checkpoint'])}")
     if result.submission_top1 is not None:
         console.print(f"submission scored by the devkit rule: top-1 {_percent(result.submission_top1)}")
     console.print(f"wrote {', '.join(escape(p.name) for p in result.files)} to {escape(str(result.out_dir))}")

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from carcli.calibration import temperatures_of
 from carcli.data.images import ImageDataset, centre_square, open_rgb
 from carcli.data.layouts import Sample
 from carcli.data.taxonomy import FINE
@@ -138,6 +139,7 @@ def cam_crop_probs(
     """Two-pass prediction: (first-pass probabilities, mean of the first pass and the CAM-crop pass) per task."""
     reporter = reporter or SilentStages()
     size = int(meta["img_size"])
+    temperatures = temperatures_of(meta)
     model.eval().to(device)
     loader = DataLoader(
         ImageDataset(samples, view_transform(meta), size, crop_margin), batch_size=batch_size, num_workers=workers
@@ -149,12 +151,12 @@ def cam_crop_probs(
         for images, _ in loader:
             logits, maps = cam_maps(model, extractor, images.to(device))
             for task, z in logits.items():
-                first.setdefault(task, []).append(z.float().softmax(1).cpu())
+                first.setdefault(task, []).append((z.float() / temperatures.get(task, 1.0)).softmax(1).cpu())
             boxes.extend(cam_box(m) for m in maps)
             progress(len(boxes))
     cropped = CroppedDataset(samples, boxes, view_transform(meta), size, crop_margin)
     progress = reporter.stage("pass 2: CAM crops", len(samples))
-    second = dataset_probs(model, cropped, batch_size, device, workers, progress)
+    second = dataset_probs(model, cropped, batch_size, device, workers, progress, temperatures)
     plain = {task: torch.cat(parts) for task, parts in first.items()}
     return plain, {task: (plain[task] + second[task]) / 2 for task in plain}
 

@@ -1,12 +1,16 @@
-"""Exporting a checkpoint for deployment: ONNX (dynamic batch axis) or TorchScript, verified after writing.
+"""Exporting a checkpoint for deployment: ONNX (dynamic batch axis), TorchScript or OpenVINO IR, verified after
+writing; ONNX optionally quantised to int8 (carcli.quantize).
 
-The exported graph takes one input, `image`: a float32 batch (N, 3, img_size, img_size), resized and
-normalised as the checkpoint's metadata says, and gives one output per task the model predicts,
-named after the task (`model`, `make`, `type`, `year`): (N, classes) logits (log-probabilities for
-an ensemble). The class names, input size and mean/std travel inside the file (ONNX metadata
-property `carcli`; TorchScript extra file `carcli.json`). After writing, the file is run on a sample
-batch of another size than the one exported with (onnxruntime for ONNX, torch.jit.load for
-TorchScript) and compared with PyTorch; the largest absolute difference is reported.
+The exported graph takes one input, `image`: a float32 batch (N, 3, img_size, img_size), preprocessed
+as carcli's evaluation does (shorter side resized, centre crop, normalised with the checkpoint's
+mean/std), and gives one output per task the model predicts, named after the task (`model`,
+`make`, `type`, `year`): (N, classes) logits (log-probabilities for an ensemble), already divided by
+the checkpoint's calibration temperatures, so a softmax gives calibrated probabilities. The file
+describes itself (carcli.deploy.export_info: input size, resize rule, mean/std, class names in
+order, taxonomy, temperatures): ONNX metadata property `carcli`, TorchScript extra file
+`carcli.json`, OpenVINO rt_info `carcli`. After writing, the file is run on a sample batch of
+another size than the one exported with (onnxruntime, torch.jit.load, the OpenVINO runtime) and
+compared with PyTorch; the largest absolute difference is reported.
 """
 
 from __future__ import annotations
@@ -14,25 +18,34 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from carcli.calibration import temperatures_of
 from carcli.checkpoint import load_model
+from carcli.deploy import EXTRA, INPUT_NAME, METADATA_KEY, export_info
 from carcli.ensemble import predicted_tasks
 from carcli.errors import CarcliError, UsageError
 from carcli.files import atomic_output, check_output_file
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
-INPUT_NAME = "image"
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "openvino": ".xml"}
+QUANTIZE = ("int8",)
 EXPORT_BATCH = 2
 CHECK_BATCH = 3  # differs from EXPORT_BATCH, so the check also proves the batch axis is dynamic
-ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
+PACKAGES = {
+    "onnx": ("onnx", "onnxruntime", "onnxscript"),
+    "torchscript": (),
+    "openvino": ("onnx", "onnxscript", "openvino"),
+}
 
 
 @dataclass
@@ -43,72 +56,119 @@ class ExportResult:
     outputs: dict[str, int]  # output name (task) -> number of classes
     max_abs_diff: float
     file_bytes: int
+    temperatures: dict[str, float] = field(default_factory=dict)
+    quantized: Any = None  # a carcli.quantize.QuantReport with --quantize
 
     def rows(self) -> list[tuple[str, str]]:
         """(quantity, value) pairs for a table."""
         shape = " x ".join(str(d) for d in self.input_shape)
-        return [
+        rows = [
             ("file", f"{self.path} ({self.file_bytes / 2**20:.2f} MiB)"),
-            ("input", f"{INPUT_NAME}: float32 {shape}, normalised"),
+            ("input", f"{INPUT_NAME}: float32 {shape}, shorter side resized, centre crop, normalised"),
             ("outputs", ", ".join(f"{name} ({n})" for name, n in self.outputs.items())),
-            ("max |exported - PyTorch|", f"{self.max_abs_diff:.2e} (batch {CHECK_BATCH})"),
+            (
+                "max |fp32 ONNX - PyTorch|" if self.quantized else "max |exported - PyTorch|",
+                f"{self.max_abs_diff:.2e} (batch {CHECK_BATCH})",
+            ),
         ]
+        if self.temperatures:
+            applied = ", ".join(f"{task} {t:.3f}" for task, t in self.temperatures.items())
+            rows.append(("calibration temperatures", f"{applied} (in the graph)"))
+        return rows
 
 
 class TaskOutputs(nn.Module):
     """A carcli model with a tuple of outputs, one per task, in a fixed order (exporters want tensors, not dicts)."""
 
-    def __init__(self, model: nn.Module, tasks: list[str]) -> None:
+    def __init__(self, model: nn.Module, tasks: list[str], temperatures: dict[str, float] | None = None) -> None:
         super().__init__()
         self.model = model
         self.tasks = tasks
+        self.temperatures = [float((temperatures or {}).get(task, 1.0)) for task in tasks]
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         logits = self.model(images)
-        return tuple(logits[task] for task in self.tasks)
+        pairs = zip(self.tasks, self.temperatures, strict=True)
+        return tuple(logits[task] if t == 1.0 else logits[task] / t for task, t in pairs)
 
 
-def export_checkpoint(checkpoint: Path, fmt: str, out: Path | None = None) -> ExportResult:
-    """Export `checkpoint` to `out` (default: beside it) in `fmt`, then check the file against PyTorch."""
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
-    if fmt == "onnx":
-        _require_onnx()
-    out = out or checkpoint.with_name(checkpoint.stem + FORMATS[fmt])
-    if out.resolve() == checkpoint.resolve():
-        raise UsageError("-o would overwrite the checkpoint; choose another file")
-    check_output_file(out, "-o", needed_bytes=checkpoint.stat().st_size if checkpoint.is_file() else 0)
+def export_checkpoint(
+    checkpoint: Path,
+    fmt: str,
+    out: Path | None = None,
+    quantize: str | None = None,
+    data: Path | None = None,
+    calibration_images: int = 200,
+) -> ExportResult:
+    """Export `checkpoint` to `out` (default: beside it) in `fmt`, then check the file against PyTorch.
+
+    With `quantize="int8"` (ONNX only) the file written is the int8 model, calibrated on
+    `calibration_images` training images of `data` and compared with the fp32 one on its val split.
+    """
+    out = _check_request(checkpoint, fmt, out, quantize, data, calibration_images)
     model, meta = load_model(checkpoint)
     tasks = predicted_tasks(model)
-    wrapper = TaskOutputs(model, tasks).eval()
+    temperatures = temperatures_of(meta)
+    wrapper = TaskOutputs(model, tasks, temperatures).eval()
     size = int(meta["img_size"])
-    info = {
-        "input": INPUT_NAME,
-        "outputs": tasks,
-        "img_size": size,
-        "mean": meta["mean"],
-        "std": meta["std"],
-        "tasks": {task: meta["tasks"][task] for task in tasks},
-    }
+    info = export_info(meta, tasks, "log_probs" if "members" in meta else "logits")
     check = _sample(meta, CHECK_BATCH)
     with torch.no_grad():
         expected = [t.numpy() for t in wrapper(check)]
-    with atomic_output(out) as tmp:
-        if fmt == "onnx":
-            _write_onnx(wrapper, _sample(meta, EXPORT_BATCH), tmp, tasks, info)
-            got = _run_onnx(tmp, check)
-        else:
-            _write_torchscript(wrapper, _sample(meta, EXPORT_BATCH), tmp, info)
-            got = _run_torchscript(tmp, check)
+    sample = _sample(meta, EXPORT_BATCH)
+    report = None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "openvino":
+        got = _write_openvino(wrapper, sample, out, tasks, info, check)
+    elif quantize:
+        from carcli.quantize import quantize_int8
+
+        with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
+            fp32 = Path(scratch) / "fp32.onnx"
+            _write_onnx(wrapper, sample, fp32, tasks, info)
+            got = _run_onnx(fp32, check)
+            report = quantize_int8(fp32, out, data, calibration_images)  # type: ignore[arg-type]
+    else:
+        with atomic_output(out) as tmp:
+            if fmt == "onnx":
+                _write_onnx(wrapper, sample, tmp, tasks, info)
+                got = _run_onnx(tmp, check)
+            else:
+                _write_torchscript(wrapper, sample, tmp, info)
+                got = _run_torchscript(tmp, check)
     diff = max(float(abs(a - b).max()) for a, b in zip(got, expected, strict=True))
     outputs = {task: len(meta["tasks"][task]) for task in tasks}
-    return ExportResult(out, fmt, ("batch", 3, size, size), outputs, diff, out.stat().st_size)
+    result = ExportResult(out, fmt, ("batch", 3, size, size), outputs, diff, out.stat().st_size, temperatures)
+    result.quantized = report
+    return result
 
 
-def _require_onnx() -> None:
-    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+def _check_request(
+    checkpoint: Path, fmt: str, out: Path | None, quantize: str | None, data: Path | None, images: int
+) -> Path:
+    """Refuse what cannot work before any model is loaded; the output path."""
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
+    if quantize is not None:
+        if quantize not in QUANTIZE:
+            raise UsageError(f"--quantize must be one of {', '.join(QUANTIZE)}")
+        if fmt != "onnx":
+            raise UsageError("--quantize int8 quantises an ONNX model: use --format onnx")
+        if data is None:
+            raise UsageError("--quantize int8 calibrates on images of a data set: give --data DIR")
+        if images < 1:
+            raise UsageError("--calibration-images must be at least 1")
+    missing = [name for name in PACKAGES[fmt] if importlib.util.find_spec(name) is None]
     if missing:
-        raise CarcliError(f"ONNX export needs {', '.join(missing)}: pip install carcli[export]")
+        raise CarcliError(f"{fmt} export needs {', '.join(missing)}: {EXTRA}")
+    suffix = ".int8.onnx" if quantize else FORMATS[fmt]
+    out = out or checkpoint.with_name(checkpoint.stem + suffix)
+    if out.resolve() == checkpoint.resolve():
+        raise UsageError("-o would overwrite the checkpoint; choose another file")
+    if fmt == "openvino" and out.suffix != ".xml":
+        raise UsageError("-o: an OpenVINO model is an .xml file (its weights go to the .bin beside it)")
+    check_output_file(out, "-o", needed_bytes=checkpoint.stat().st_size if checkpoint.is_file() else 0)
+    return out
 
 
 def _sample(meta: dict[str, Any], batch: int) -> Tensor:
@@ -144,7 +204,7 @@ def _write_onnx(model: nn.Module, sample: Tensor, path: Path, tasks: list[str], 
             verbose=False,
         )
     graph = onnx.load(str(path))
-    onnx.helper.set_model_props(graph, {"carcli": json.dumps(info)})
+    onnx.helper.set_model_props(graph, {METADATA_KEY: json.dumps(info)})
     onnx.save(graph, str(path))
 
 
@@ -165,3 +225,27 @@ def _run_torchscript(path: Path, images: Tensor) -> list[Any]:
     with _quiet(), torch.no_grad():
         loaded = torch.jit.load(str(path))
         return [t.numpy() for t in loaded(images)]
+
+
+def _write_openvino(
+    model: nn.Module, sample: Tensor, out: Path, tasks: list[str], info: dict[str, Any], check: Tensor
+) -> list[Any]:
+    """The ONNX graph converted to OpenVINO IR (.xml + .bin, fp32), run on `check`; both files land together."""
+    import openvino
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
+    try:
+        _write_onnx(model, sample, scratch / "model.onnx", tasks, info)
+        with _quiet():
+            converted = openvino.convert_model(str(scratch / "model.onnx"))
+        converted.set_rt_info(json.dumps(info), [METADATA_KEY])
+        openvino.save_model(converted, str(scratch / out.name), compress_to_fp16=False)
+        compiled = openvino.Core().compile_model(str(scratch / out.name), "CPU")
+        results = compiled(check.numpy())
+        got = [results[compiled.output(task)] for task in tasks]
+        os.replace(scratch / out.with_suffix(".bin").name, out.with_suffix(".bin"))
+        os.replace(scratch / out.name, out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return got

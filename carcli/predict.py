@@ -13,15 +13,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+import numpy as np
 
+from carcli.calibration import temperatures_of
 from carcli.data.finding import expand_inputs
 from carcli.data.images import image_problems
 from carcli.data.layouts import Sample
 from carcli.data.taxonomy import FINE
+from carcli.deploy import OnnxModel, is_onnx
 from carcli.errors import CarcliError, UsageError
 from carcli.evaluate import (
     SilentStages,
@@ -29,12 +30,16 @@ from carcli.evaluate import (
     batch_probs,
     check_crop,
     default_workers,
+    load_scorer,
     sample_probs,
-    with_implied_tasks,
     write_csv,
 )
 from carcli.files import check_output_dir, check_output_file
+from carcli.metrics import with_implied_tasks
 from carcli.paths import RUNS_DIR
+
+if TYPE_CHECKING:
+    import torch
 
 COARSE = ("make", "type", "year")
 
@@ -89,47 +94,50 @@ def gather_images(inputs: Sequence[str]) -> tuple[list[Path], list[tuple[str, st
     return [p for p in candidates if p not in bad], skipped
 
 
-def modernity(year_probs: Tensor, years: Sequence[str]) -> Tensor:
+def modernity(year_probs: Any, years: Sequence[str]) -> np.ndarray:
     """(expected year - first year) / (last year - first year) for each row of a year distribution."""
-    values = torch.tensor([float(y) for y in years])
+    values = np.asarray([float(y) for y in years], dtype=np.float32)
     span = float(values.max() - values.min())
-    expected = year_probs @ values
-    return (expected - values.min()) / span if span else torch.zeros(len(year_probs))
+    expected = np.asarray(year_probs, dtype=np.float32) @ values
+    return (expected - values.min()) / span if span else np.zeros(len(expected), dtype=np.float32)
 
 
 def image_predictions(
-    paths: Sequence[Path | str], probs: dict[str, Tensor], meta: dict[str, Any], top_k: int
+    paths: Sequence[Path | str], probs: dict[str, Any], meta: dict[str, Any], top_k: int
 ) -> list[ImagePrediction]:
-    """Per-image answers from the probabilities of every task (coarse tasks filled from the fine one if needed)."""
+    """Per-image answers from the probabilities of every task (coarse tasks filled from the fine one if needed).
+
+    `probs` are numpy arrays or CPU tensors: the `.st` and the `.onnx` paths share this code.
+    """
     probs, _ = with_implied_tasks(probs, meta)
     names = meta["tasks"]
-    fine = probs[FINE].topk(min(top_k, probs[FINE].shape[1]), dim=1)
+    order = np.argsort(-probs[FINE], axis=1, kind="stable")[:, :top_k]
     years = modernity(probs["year"], names["year"]) if "year" in probs else None
-    expected = probs["year"] @ torch.tensor([float(y) for y in names["year"]]) if "year" in probs else None
+    expected = probs["year"] @ np.asarray([float(y) for y in names["year"]], np.float32) if "year" in probs else None
     answers = []
     for row, path in enumerate(paths):
         coarse: dict[str, dict[str, Any] | None] = dict.fromkeys(COARSE)
         for task in COARSE:
             if task in probs:
-                score, index = probs[task][row].max(0)
-                coarse[task] = {"label": names[task][int(index)], "score": round(float(score), 6)}
+                index = int(probs[task][row].argmax())
+                coarse[task] = {"label": names[task][index], "score": round(float(probs[task][row, index]), 6)}
         if expected is not None and coarse["year"] is not None:
             coarse["year"]["expected"] = round(float(expected[row]), 2)
-        top = [
-            {"label": names[FINE][int(i)], "score": round(float(s), 6)}
-            for s, i in zip(fine.values[row], fine.indices[row], strict=True)
-        ]
+        top = [{"label": names[FINE][int(i)], "score": round(float(probs[FINE][row, i]), 6)} for i in order[row]]
         score = None if years is None else round(float(years[row]), 4)
         answers.append(ImagePrediction(str(path), top, coarse, score))
     return answers
 
 
-@torch.no_grad()
 def predict_batch(
-    model: torch.nn.Module, meta: dict[str, Any], images: Tensor, names: Sequence[str], top_k: int = 5
+    model: torch.nn.Module, meta: dict[str, Any], images: torch.Tensor, names: Sequence[str], top_k: int = 5
 ) -> list[ImagePrediction]:
     """Answers for a batch of images already in the checkpoint's view (`view_transform`): `carcli serve`'s path."""
-    return image_predictions(names, batch_probs(model.eval(), images), meta, top_k)
+    import torch
+
+    with torch.no_grad():
+        probs = batch_probs(model.eval(), images, temperatures_of(meta))
+    return image_predictions(names, probs, meta, top_k)
 
 
 def write_predictions_csv(predictions: Sequence[ImagePrediction], path: Path, top_k: int) -> None:
@@ -173,14 +181,12 @@ def predict(
         raise UsageError("--saliency writes its maps beside the Grad-CAM ones: give --explain DIR too")
     check_crop(crop)
     _check_outputs(csv_path, explain_dir)
-    from carcli.checkpoint import load_model
-    from carcli.device import resolve_device
-
     if model_path is None:
         model_path = newest_checkpoint()
         reporter.info(f"using the newest checkpoint: {model_path}")
-    torch_device = str(resolve_device(device))
-    model, meta = load_model(model_path, torch_device)
+    if is_onnx(model_path) and (crop or explain_dir):
+        raise UsageError("--crop and --explain need the .st checkpoint (they use gradients); not an .onnx model")
+    model, meta, torch_device = load_scorer(model_path, device)
     paths, skipped = gather_images(inputs)
     for name, why in skipped:
         reporter.warn(f"skipped {name}: {why}")
@@ -189,7 +195,9 @@ def predict(
     samples = [Sample(path, 0, "test") for path in paths]
     workers = default_workers(len(samples), batch_size) if workers is None else workers
     run = {"batch_size": batch_size, "device": torch_device, "workers": workers}
-    if crop == "cam":
+    if isinstance(model, OnnxModel):
+        probs = model.sample_probs(samples, batch_size, reporter.stage("predicting", len(samples)))
+    elif crop == "cam":
         from carcli.explain import cam_crop_probs
 
         probs = cam_crop_probs(model, meta, samples, reporter=reporter, **run)[1]
@@ -219,7 +227,7 @@ def _explain(
     model: torch.nn.Module,
     meta: dict[str, Any],
     predictions: Sequence[ImagePrediction],
-    fine: Tensor,
+    fine: torch.Tensor,
     out_dir: Path,
     saliency: bool,
     device: str,

@@ -71,7 +71,7 @@ def test_an_ensemble_exports_too(untrained_members, real_folder_set, tmp_path):
 def test_missing_onnx_names_the_extra(untrained_members, tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    with pytest.raises(CarcliError, match=r"pip install carcli\[export\]"):
+    with pytest.raises(CarcliError, match=r"pip install \"carcli\[export\]\""):
         export_checkpoint(untrained_members[0], "onnx", tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
 
