@@ -19,8 +19,8 @@ from torch import nn
 
 from carcli.data.layouts import Sample
 from carcli.device import resolve_device
-from carcli.errors import UsageError
 from carcli.evaluate import predict_samples, split_samples, topk_accuracy
+from carcli.usage import check_bench
 
 LATENCY_BATCH = 1
 THROUGHPUT_BATCH = 32
@@ -63,10 +63,7 @@ def bench(
     from carcli.checkpoint import load_model
     from carcli.models.registry import create_model, get_arch
 
-    if (checkpoint is None) == (arch is None):
-        raise UsageError("give either a CHECKPOINT or --arch NAME")
-    if img_size is not None and img_size < 32:
-        raise UsageError("--img-size must be at least 32")
+    check_bench(checkpoint, arch, img_size, device)
     torch_device = resolve_device(device)
     if checkpoint is not None:
         model, meta = load_model(checkpoint)

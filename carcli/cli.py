@@ -20,7 +20,7 @@ try:  # typer >= 0.20 ships its own copy of click; its exceptions are the ones r
 except ImportError:  # pragma: no cover - older typer uses click itself
     import click  # type: ignore[no-redef]
 
-from carcli import __version__
+from carcli import __version__, usage
 from carcli.console import print_error, print_info, render_table
 from carcli.errors import CarcliError, UsageError
 
@@ -285,7 +285,8 @@ def evaluate(
         Path | None, typer.Option(help="Data set root (default: the one the checkpoint was trained on).")
     ] = None,
     split: Annotated[
-        str | None, typer.Option(help="val or test (default: val if the data has one, else test).")
+        str | None,
+        typer.Option(help="val, test or all (every labelled image) (default: val if the data has one, else test)."),
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Report folder (default: eval-<split> beside the checkpoint).")
@@ -305,6 +306,7 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Per-task metrics, confusion matrices and reports for a checkpoint on a data set."""
+    usage.check_eval(checkpoint, data, split, crop, tta, batch_size, device)
     from carcli.console import RichStages, print_json_line, render_eval
     from carcli.evaluate import evaluate as run_eval
 
@@ -321,7 +323,10 @@ def evaluate(
 @app.command()
 def prune(
     checkpoint: Annotated[Path, typer.Argument(help="A .st checkpoint.")],
-    data: Annotated[Path, typer.Option(help="Data set root; scored on the checkpoint's own evaluation split.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Data set root (default: the checkpoint's); scored on its own evaluation split."),
+    ] = None,
     rate: Annotated[
         float | None, typer.Option(help="Share of weights (magnitude) or of each layer's channels (channel) to remove.")
     ] = None,
@@ -338,15 +343,15 @@ def prune(
     ] = None,
 ) -> None:
     """Prune a model (magnitude or channel) and report accuracy against size."""
-    from carcli.console import RichReporter
-    from carcli.errors import UsageError
-    from carcli.prune import prune_checkpoint
-    from carcli.prune import sweep as run_sweep
-
     if sweep == (rate is not None):
         raise UsageError("give either --rate R or --sweep")
     if sweep and finetune_epochs:
         raise UsageError("--finetune-epochs needs --rate (a sweep does not fine-tune)")
+    usage.check_prune(checkpoint, data, method, rate, finetune_epochs)
+    from carcli.console import RichReporter
+    from carcli.prune import prune_checkpoint
+    from carcli.prune import sweep as run_sweep
+
     if sweep:
         swept = run_sweep(checkpoint, data, method, out, progress=print_info)
         columns = ("task", *(f"{r:g}" for r in swept.rates))
@@ -363,13 +368,17 @@ def prune(
 @app.command()
 def ensemble(
     checkpoints: Annotated[list[Path], typer.Argument(help="Two or more .st checkpoints.")],
-    data: Annotated[Path, typer.Option(help="Data set root; scored on the first member's evaluation split.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Data set root (default: the first member's); scored on its evaluation split."),
+    ] = None,
     method: Annotated[
         str, typer.Option(help="mean, weighted (log-loss optimal weights) or greedy (Caruana selection).")
     ] = "mean",
     out: Annotated[Path, typer.Option("-o", "--out", help="The ensemble checkpoint to write.")] = Path("ensemble.st"),
 ) -> None:
     """Combine checkpoints into one ensemble checkpoint (mean, weighted or greedy)."""
+    usage.check_ensemble(checkpoints, data, method)
     from carcli.console import print_warning
     from carcli.ensemble import build_ensemble
 
@@ -389,6 +398,7 @@ def export(
     ),
 ) -> None:
     """Export to ONNX (dynamic batch) or TorchScript, checked against PyTorch after writing."""
+    usage.check_export(checkpoint, fmt)
     from carcli.export import export_checkpoint
 
     result = export_checkpoint(checkpoint, fmt, out)
@@ -403,6 +413,7 @@ def bench(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Parameters, FLOPs, file size, latency (batch 1) and throughput (batch 32) of a model."""
+    usage.check_bench(checkpoint, arch, img_size, device)
     from carcli.bench import bench as run_bench
 
     result = run_bench(checkpoint, arch, img_size, device)
@@ -425,6 +436,7 @@ def predict(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Top-k predictions (model, make, type, year) for images."""
+    usage.check_predict(model, top_k, batch_size, explain, saliency, crop, device)
     from carcli.console import RichStages, print_json_line, render_predictions
     from carcli.predict import predict as run_predict
 
@@ -447,15 +459,16 @@ def archs() -> None:
     rows = [
         (
             spec.name,
-            f"{spec.library} {spec.model_name}",
-            f"{count_parameters(spec.name, {'model': 196}) / 1e6:.2f} M",
+            f"{'tv' if spec.library == 'torchvision' else spec.library}:{spec.model_name}",
+            f"{count_parameters(spec.name, {'model': 196}) / 1e6:.2f}",
             str(spec.feature_dim),
             str(spec.img_size),
         )
         for spec in list_archs()
     ]
     render_table(
-        "architectures (also timm:NAME, tv:NAME)",
-        ("name", "library", "params (196 cls)", "features", "img size"),
+        "architectures (any timm:NAME or tv:NAME works too); parameters in millions, with 196 classes",
+        ("name", "library:model", "params", "features", "img size"),
         rows,
+        left=(0, 1),
     )

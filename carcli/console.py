@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich import filesize
@@ -50,6 +50,11 @@ def print_warning(message: str) -> None:
 
 def print_info(message: str) -> None:
     console.print(escape(message), highlight=False, soft_wrap=True)
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 file', '2 files'."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def _percent(value: float | None) -> str:
@@ -111,26 +116,29 @@ class RichReporter:
 
 
 def render_train_summary(result: TrainResult) -> None:
-    """The end-of-run table."""
-    table = Table(title="training finished", title_justify="left")
-    for column in ("best epoch", *(f"{t} top-1" for t in result.best_top1), "parameters", "img/s", "wall time"):
-        table.add_column(column, justify="right")
-    table.add_row(
-        f"{result.best_epoch}/{result.epochs}",
-        *(_percent(v) for v in result.best_top1.values()),
-        f"{result.parameters / 1e6:.2f} M",
-        f"{result.images_per_s:.0f}",
-        f"{result.seconds:.0f} s",
-    )
-    console.print(table)
-    console.print(f"checkpoints: {escape(str(result.run_dir / 'best.st'))} (best), last.st, metrics.jsonl")
+    """The end-of-run table (a row per figure, so any number of tasks fits 80 columns), the files, what to do next."""
+    rows = [
+        ("best epoch", f"{result.best_epoch}/{result.epochs}"),
+        *((f"{task} top-1", _percent(v)) for task, v in result.best_top1.items()),
+        ("parameters", f"{result.parameters / 1e6:.2f} M"),
+        ("images/s", f"{result.images_per_s:.0f}"),
+        ("wall time", f"{result.seconds:.0f} s"),
+    ]
+    render_table("training finished", ("", "best epoch's value"), rows)
+    files = [name for name in RUN_OUTPUTS if (result.run_dir / name).exists()]
+    print_info(f"run folder {result.run_dir}: {', '.join(files)}")
+    for hint in result.hints:
+        print_info(hint)
 
 
-def render_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
-    """A plain table with right-aligned columns after the first."""
-    table = Table(title=title, title_justify="left")
-    for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i == 0 else "right")
+RUN_OUTPUTS = ("best.st", "last.st", "metrics.jsonl", "metrics.csv", "curves.png")  # listed after training
+
+
+def render_table(
+    title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], left: Collection[int] = (0,)
+) -> None:
+    """A plain table whose columns are right-aligned except those numbered in `left` (default: the first)."""
+    table = _table(title, columns, left)
     for row in rows:
         table.add_row(*row)
     console.print(table)
@@ -175,11 +183,15 @@ def print_json_line(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def _table(title: str | None, columns: Sequence[str], left: set[int]) -> Table:
-    """An empty table whose columns are right-aligned except those numbered in `left`."""
+def _table(title: str | None, columns: Sequence[str], left: Collection[int]) -> Table:
+    """An empty table whose columns are right-aligned except those numbered in `left`.
+
+    On a narrow terminal the left (name, path) columns keep their width and the others wrap first; a
+    word that still does not fit folds onto the next line: nothing is ever cut short with an ellipsis.
+    """
     table = Table(title=title, title_justify="left")
     for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i in left else "right")
+        table.add_column(column, justify="left" if i in left else "right", no_wrap=i in left, overflow="fold")
     return table
 
 
@@ -187,9 +199,10 @@ def render_eval(result: EvalResult) -> None:
     """The tables of `carcli eval`: metrics per task, hierarchy consistency, the most confused pairs, the files."""
     report = result.report
     console.print(
-        f"[bold]{escape(report['checkpoint'])}[/] on {report['n_images']} {report['split']} images of "
-        f"{escape(report['data'])} ({report['seconds']:.1f} s)",
+        f"[bold]{escape(report['checkpoint'])}[/] on {plural(report['n_images'], 'image')} ({report['split']}) "
+        f"of {escape(report['data'])} ({report['seconds']:.1f} s)",
         highlight=False,
+        soft_wrap=True,
     )
     tasks = report["tasks"]
     crop = any("plain_top1" in m for m in tasks.values())
@@ -205,12 +218,12 @@ def render_eval(result: EvalResult) -> None:
     ]
     columns = ["task", "classes", "top-1", "top-5", "precision", "recall", "F1", "loss"]
     render_table("metrics (macro averages over classes)", [*columns, *(["top-1 w/o crop"] if crop else [])], rows)
-    hierarchy = [(task, m) for task, m in tasks.items() if "implied_top1" in m]
-    if hierarchy:
+    hierarchy = [(task, m) for task, m in tasks.items() if "agreement" in m]
+    if hierarchy:  # only heads of their own can disagree with the fine prediction mapped up
         render_table(
-            "hierarchy: the fine prediction mapped up",
-            ("task", "task top-1", "fine -> task top-1", "task = fine -> task"),
-            [(t, _percent(m["top1"]), _percent(m["implied_top1"]), _percent(m.get("agreement"))) for t, m in hierarchy],
+            "hierarchy: each head against the predicted model's own make, type, year (the fine answer mapped up)",
+            ("task", "head top-1", "mapped-up top-1", "head agrees with it"),
+            [(t, _percent(m["top1"]), _percent(m["implied_top1"]), _percent(m["agreement"])) for t, m in hierarchy],
         )
     if result.most_confused:
         title = f"most confused pairs (top {len(result.most_confused)})"
@@ -241,7 +254,7 @@ def render_predictions(result: PredictResult) -> None:
             console.print("  ·  ".join(coarse), highlight=False, soft_wrap=True)
     if result.files:
         console.print(
-            f"wrote {len(result.files)} files: {escape(', '.join(str(f) for f in result.files[:3]))}"
+            f"wrote {plural(len(result.files), 'file')}: {escape(', '.join(str(f) for f in result.files[:3]))}"
             + (" ..." if len(result.files) > 3 else "")
         )
 
@@ -331,13 +344,13 @@ def render_data_list(root: Path, infos: Sequence[DataSetInfo]) -> None:
     """`fetch-data --list`: the known data sets, whether each is there, its size on disk."""
     rows = [
         (
-            info.name,
-            info.kind,
+            info.name if info.kind == info.name else f"{info.name} ({info.kind})",
             "present" if info.present else "not fetched",
             "-" if info.images is None else f"{info.images:,}",
             "-" if info.size_bytes is None else filesize.decimal(info.size_bytes),
-            str(info.path),
+            str(info.path.relative_to(root) if info.path.is_relative_to(root) else info.path),
         )
         for info in infos
     ]
-    render_table(f"data sets in {root}", ("name", "kind", "status", "images", "size", "path"), rows)
+    title = f"data sets in {root} (paths below it are relative)"
+    render_table(title, ("name (kind)", "status", "images", "size", "path"), rows, left=(0, 4))

@@ -33,9 +33,8 @@ from carcli.data.taxonomy import FINE, Taxonomy
 from carcli.data.transforms import eval_transform
 from carcli.errors import CarcliError, UsageError
 from carcli.files import atomic_output, write_text
+from carcli.usage import EVAL_SPLITS, check_eval
 
-EVAL_SPLITS = ("val", "test")
-CROPS = ("cam",)
 TOP_K = 5
 TTA_CROP = 0.875  # the five TTA crops each cover this share of the side of a slightly larger resize
 MOST_CONFUSED_SHOWN = 20
@@ -538,21 +537,15 @@ def split_samples(meta: dict[str, Any], data: Path, split: str | None) -> tuple[
     train = meta.get("train") or {}
     dataset = load_dataset(Path(data), float(train.get("val_fraction", 0.2)), int(train.get("seed", 0)))
     name = split or dataset.eval_split
+    if name == "all":
+        return dataset, list(dataset.samples), name
     if name not in EVAL_SPLITS:
-        raise CarcliError(f"{data} has no val or test images to evaluate on (raise the training --val-fraction?)")
+        raise CarcliError(f"{data} has no val or test images to evaluate on; --split all scores every labelled image")
     samples = dataset.split(name)
     if not samples:
         present = sorted({s.split for s in dataset.samples})
         raise CarcliError(f"{data} has no {name} images (it has {', '.join(present)}); choose --split accordingly")
     return dataset, samples, name
-
-
-def check_crop(crop: str | None, tta: bool = False) -> None:
-    """Refuse an unknown --crop, and --crop cam with --tta."""
-    if crop is not None and crop not in CROPS:
-        raise UsageError(f"--crop must be one of {', '.join(CROPS)}")
-    if crop and tta:
-        raise UsageError("--tta and --crop cam cannot be combined")
 
 
 def default_workers(images: int, batch_size: int) -> int:
@@ -578,15 +571,15 @@ def evaluate(
     `data` defaults to the data set the checkpoint was trained on; `split` to its val split (else
     test); `out` to `eval-<split>` beside the checkpoint.
     """
-    from carcli.checkpoint import load_model
+    from carcli.checkpoint import load_model, trained_on
     from carcli.device import resolve_device
 
     started = time.perf_counter()
     reporter = reporter or SilentStages()
-    _check_options(split, crop, tta, batch_size)
+    check_eval(checkpoint, data, split, crop, tta, batch_size, device)
     torch_device = str(resolve_device(device))
     model, meta = load_model(checkpoint, torch_device)
-    data = data or _trained_on(meta, checkpoint)
+    data = data or trained_on(meta, checkpoint)
     dataset, samples, split = split_samples(meta, data, split)
     to_fine = torch.tensor(align_labels(dataset.class_names, meta))
     unreadable = find_unreadable([s.path for s in samples])
@@ -598,7 +591,6 @@ def evaluate(
         raise CarcliError(f"no readable images in the {split} split of {data}")
     plan = plan_submission(submission, dataset, split, samples, meta) if submission is not None else None
     out_dir = out or checkpoint.parent / f"eval-{split}"
-    reporter.info(f"evaluating {checkpoint} on {len(samples)} {split} images of {data} ({torch_device})")
     plain, probs = _run(model, meta, samples, tta, crop, batch_size, workers, torch_device, reporter)
     probs, sources = with_implied_tasks(probs, meta)
     targets = sample_targets(samples, to_fine, meta, list(probs))
@@ -626,21 +618,6 @@ def evaluate(
     files.insert(0, out_dir / "eval.json")
     write_text(files[0], json.dumps(result.report, indent=2) + "\n")
     return result
-
-
-def _check_options(split: str | None, crop: str | None, tta: bool, batch_size: int) -> None:
-    if split is not None and split not in EVAL_SPLITS:
-        raise UsageError(f"--split must be one of {', '.join(EVAL_SPLITS)}")
-    if batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
-    check_crop(crop, tta)
-
-
-def _trained_on(meta: dict[str, Any], checkpoint: Path) -> Path:
-    root = (meta.get("data") or {}).get("root") or (meta.get("train") or {}).get("data")
-    if not root:
-        raise UsageError(f"{checkpoint} does not record its training data; pass --data DIR")
-    return Path(root)
 
 
 def _run(

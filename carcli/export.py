@@ -27,8 +27,8 @@ from carcli.checkpoint import load_model
 from carcli.ensemble import predicted_tasks
 from carcli.errors import CarcliError, UsageError
 from carcli.files import atomic_output
+from carcli.usage import EXPORT_FORMATS, check_export
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 INPUT_NAME = "image"
 EXPORT_BATCH = 2
 CHECK_BATCH = 3  # differs from EXPORT_BATCH, so the check also proves the batch axis is dynamic
@@ -70,11 +70,10 @@ class TaskOutputs(nn.Module):
 
 def export_checkpoint(checkpoint: Path, fmt: str, out: Path | None = None) -> ExportResult:
     """Export `checkpoint` to `out` (default: beside it) in `fmt`, then check the file against PyTorch."""
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
+    check_export(checkpoint, fmt)
     if fmt == "onnx":
         _require_onnx()
-    out = out or checkpoint.with_name(checkpoint.stem + FORMATS[fmt])
+    out = out or checkpoint.with_name(checkpoint.stem + EXPORT_FORMATS[fmt])
     if out.resolve() == checkpoint.resolve():
         raise UsageError("-o would overwrite the checkpoint; choose another file")
     model, meta = load_model(checkpoint)

@@ -23,17 +23,17 @@ from torch import Tensor
 from carcli.data.images import find_unreadable
 from carcli.data.layouts import Sample
 from carcli.data.taxonomy import FINE
-from carcli.errors import CarcliError, UsageError
+from carcli.errors import CarcliError
 from carcli.evaluate import (
     SilentStages,
     StageReporter,
-    check_crop,
     default_workers,
     sample_probs,
     with_implied_tasks,
     write_csv,
 )
 from carcli.paths import RUNS_DIR
+from carcli.usage import check_predict
 
 COARSE = ("make", "type", "year")
 GLOB_CHARS = "*?["
@@ -179,13 +179,7 @@ def predict(
     """The `carcli predict` job: an answer for every readable image among `inputs`; the CSV and overlays asked for."""
     started = time.perf_counter()
     reporter = reporter or SilentStages()
-    if top_k < 1:
-        raise UsageError("--top-k must be at least 1")
-    if batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
-    if saliency and explain_dir is None:
-        raise UsageError("--saliency writes its maps beside the Grad-CAM ones: give --explain DIR too")
-    check_crop(crop)
+    check_predict(model_path, top_k, batch_size, explain_dir, saliency, crop, device)
     from carcli.checkpoint import load_model
     from carcli.device import resolve_device
 
@@ -198,7 +192,7 @@ def predict(
     for name, why in skipped:
         reporter.warn(f"skipped {name}: {why}")
     if not paths:
-        raise CarcliError(f"no readable images among the {len(inputs)} inputs given")
+        raise CarcliError("none of the inputs given is a readable image")
     samples = [Sample(path, 0, "test") for path in paths]
     workers = default_workers(len(samples), batch_size) if workers is None else workers
     run = {"batch_size": batch_size, "device": torch_device, "workers": workers}

@@ -198,6 +198,7 @@ class TrainResult:
     seconds: float
     records: list[dict[str, Any]]
     stopped_early: bool = False
+    hints: list[str] = field(default_factory=list)  # what to do next, as lines for the user
 
 
 class Reporter(Protocol):
@@ -277,6 +278,7 @@ def _train(
     if not ddp.main:
         reporter = SilentReporter()
     device = resolve_device(config.device, ddp.local_rank if ddp.world > 1 else None)
+    spec = get_arch(config.arch)  # an unknown arch is a usage error: before any notice about the data
     with _main_first(ddp):
         dataset = _load_data(config, reporter)
     _resolve_defaults(config, dataset, device, ddp)
@@ -288,7 +290,6 @@ def _train(
 
     _seed_everything(config.seed + ddp.rank)
     _share_cores(device, config.workers or 0, ddp)
-    spec = get_arch(config.arch)
     if model is None:
         model = create_model(config.arch, config.head, tasks, config.pretrained, config.drop_rate)
     if config.weights and not resume:
@@ -398,10 +399,29 @@ def _train(
         writer.close()
     seconds = time.perf_counter() - started
     images_per_s = float(np.mean([r["images_per_s"] for r in records])) if records else 0.0
-    return TrainResult(
+    result = TrainResult(
         run_dir, progress.best_epoch, progress.best_top1, config.epochs, parameters, images_per_s, seconds, records,
         stopped_early,
     )  # fmt: skip
+    result.hints = next_steps(config, result, Path(dataset.root).resolve() == (data_home() / demo.DEMO_NAME).resolve())
+    return result
+
+
+LOW_SCRATCH_TOP1 = 0.5  # below this fine top-1, a from-scratch run on real data gets the pretrained-weights hint
+
+
+def next_steps(config: TrainConfig, result: TrainResult, on_demo: bool) -> list[str]:
+    """The commands to run on this run's checkpoint; advice when a from-scratch run on real data scored low."""
+    best = result.run_dir / "best.st"
+    hints = [f"next: carcli eval {best}", f"      carcli predict IMAGES... --model {best}"]
+    top1 = result.best_top1.get(FINE)
+    from_scratch = not (config.pretrained or config.weights)
+    if from_scratch and not on_demo and top1 is not None and top1 < LOW_SCRATCH_TOP1:
+        hints.append(
+            f"hint: {FINE} top-1 {100 * top1:.1f}% from random weights; fine-grained classes need ImageNet "
+            "features: add --pretrained (downloads timm's weights) or --weights FILE (docs/train.md)"
+        )
+    return hints
 
 
 def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
