@@ -252,9 +252,17 @@ def train(
         bool | None,
         _opt("Print where each step's time goes: loader wait, preparation, compute.", RUN, "--profile/--no-profile"),
     ] = None,
+    log: Annotated[
+        str | None,
+        _opt("Track the run: none, mlflow (SQLite store in the runs folder) or wandb (offline unless logged in).", RUN),
+    ] = None,
+    log_uri: Annotated[str | None, _opt("--log mlflow: tracking URI or server; --log wandb: W&B server URL.", RUN)] = (
+        None
+    ),
 ) -> None:
     """Train a classifier and write safetensors checkpoints (best.st, last.st) to a run folder."""
     from carcli.console import RichReporter, render_train_summary
+    from carcli.tracking import tracking
     from carcli.train import make_config, parse_loss_weights, parse_milestones, resume_config
     from carcli.train import train as run_training
 
@@ -272,8 +280,8 @@ def train(
         run_config = resume_config(resume, {k: v for k, v in options.items() if v is not None})
     else:
         run_config = make_config(options, config)
-    with RichReporter() as reporter:
-        result = run_training(run_config, reporter, resume=resume is not None)
+    with RichReporter() as reporter, tracking(run_config, reporter) as tracked:
+        result = run_training(run_config, tracked, resume=resume is not None)
     if result.records:
         render_train_summary(result)
 

@@ -71,6 +71,7 @@ from carcli.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
 from carcli.paths import RUNS_DIR, cache_home, data_home
 from carcli.plots import plot_curves
 from carcli.runstate import STATE_FILE, Progress, RunState, load_run_state, read_progress, save_run_state
+from carcli.tracking import check_logger
 
 DEFAULT_EPOCHS = 30
 DEFAULT_BATCH_SIZE = 32
@@ -79,7 +80,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BALANCES = ("none", "sampler", "weights")
 RUN_FILES = ("best.st", "last.st", "metrics.jsonl", STATE_FILE)
-RESUME_MAY_CHANGE = {"epochs", "workers", "device", "profile", "precision", "compile"}
+RESUME_MAY_CHANGE = {"epochs", "workers", "device", "profile", "precision", "compile", "log", "log_uri"}
 
 
 @dataclass
@@ -141,6 +142,8 @@ class TrainConfig:
     out: str | None = None
     workers: int | None = None
     tensorboard: bool = False
+    log: str = "none"  # experiment tracking: none, mlflow or wandb (carcli.tracking)
+    log_uri: str | None = None  # the MLflow tracking URI or W&B server (default: local)
 
     @property
     def augment_parts(self) -> Augment:
@@ -563,6 +566,7 @@ def _check_config(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    check_logger(config.log, config.log_uri)
 
 
 def _check_loss_weights(weights: dict[str, float], head: str, tasks: dict[str, int]) -> None:
@@ -1105,13 +1109,13 @@ def _write_epoch_files(
     if progress.best_epoch == record["epoch"]:
         save_checkpoint(run_dir / "best.st", state, {**meta_base, "metrics": metrics})
     if writer is not None:
-        for name, value in _flat(record).items():
+        for name, value in flat_record(record).items():
             if name != "epoch":
                 writer.add_scalar(name.replace("_", "/", 1), value, record["epoch"])  # train/loss, val/top1/model
         writer.flush()
 
 
-def _flat(record: dict[str, Any]) -> dict[str, float]:
+def flat_record(record: dict[str, Any]) -> dict[str, float]:
     """One level: val_top1 {"model": x} -> val_top1_model."""
     flat: dict[str, float] = {}
     for key, value in record.items():
@@ -1123,7 +1127,7 @@ def _flat(record: dict[str, Any]) -> dict[str, float]:
 
 
 def _write_csv(path: Path, records: list[dict[str, Any]]) -> None:
-    rows = [_flat(r) for r in records]
+    rows = [flat_record(r) for r in records]
     buffer = io.StringIO()
     columns = list(dict.fromkeys(key for row in rows for key in row))  # --profile may join on resume
     out = csv.DictWriter(buffer, fieldnames=columns)
