@@ -419,13 +419,20 @@ def bench(
     arch: Annotated[str | None, typer.Option(help="Measure an untrained architecture instead (196 classes).")] = None,
     img_size: Annotated[int | None, typer.Option(help="Input size (default: the checkpoint's or arch's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads of both timings (default: 1 for latency, the physical cores for throughput)."),
+    ] = None,
 ) -> None:
     """Parameters, FLOPs, file size, latency (batch 1) and throughput (batch 32) of a model."""
-    usage.check_bench(checkpoint, arch, img_size, device)
+    usage.check_bench(checkpoint, arch, img_size, device, threads)
     from carcli.bench import bench as run_bench
+    from carcli.console import print_warning
 
-    result = run_bench(checkpoint, arch, img_size, device)
+    result = run_bench(checkpoint, arch, img_size, device, threads)
     render_table("benchmark", ("", "value"), result.rows())
+    for warning in result.warnings:
+        print_warning(warning)
 
 
 @app.command()

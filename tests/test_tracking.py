@@ -81,7 +81,7 @@ def test_wandb_offline_run_holds_params_metrics_and_the_files(tiny_set, tmp_path
     assert run.display_name == "r2" and config["arch"] == "ghostnet" and config["head"] == "mtl"
     rows = [{_key(i): json.loads(i.value_json) for i in r.history.item} for r in records if r.HasField("history")]
     history = [row for row in rows if "val_loss" in row]  # the epochs' rows
-    assert [h["_step"] for h in history] == [1, 2]
+    assert [h["_step"] for h in history] == [1, 2], (kinds, rows)
     assert len(result.records[-1]["val_top1"]) >= 3
     for task in result.records[-1]["val_top1"]:
         assert history[-1][f"val_top1_{task}"] == pytest.approx(result.records[-1]["val_top1"][task])
