@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -62,11 +63,15 @@ def _percent(value: float | None) -> str:
 
 
 class RichReporter:
-    """Training progress: one bar per epoch with loss, accuracy and images/s, then a validation line.
+    """Training progress: an overall bar for the run (ETA to the end) and a bar per epoch, then a validation line.
 
-    When stdout is not a terminal (a log file, CI) there are no live bars: each epoch ends with one
-    line that carries the training figures too, so logs stay readable.
+    When stdout is not a terminal (a log file, `| tee`, CI) there are no live bars: a plain line
+    reports the running figures every 10 % of an epoch or 30 s, and each epoch ends with one line
+    that carries the training figures too, so logs stay readable and show that the run is alive.
     """
+
+    PLAIN_EVERY_S = 30.0
+    PLAIN_EVERY_SHARE = 0.1
 
     def __init__(self) -> None:
         self.live = console.is_terminal
@@ -74,12 +79,19 @@ class RichReporter:
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.3f}  top1 {task.fields[top1]}  {task.fields[ips]:.0f} img/s"),
+            TextColumn("{task.fields[stats]}"),
             TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
             console=console,
         )
         self.task_id: Any = None
+        self.run_id: Any = None
         self.epochs = 0
+        self.epoch = 0
+        self.steps = 0
+        self.done = 0
+        self.plain_at = (0.0, 0)  # (time, step) of the last plain progress line
 
     def __enter__(self) -> RichReporter:
         if self.live:
@@ -96,23 +108,49 @@ class RichReporter:
         self.progress.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
-        self.epochs = epochs
-        self.task_id = self.progress.add_task(f"epoch {epoch}/{epochs}", total=steps, loss=0.0, top1="-", ips=0.0)
+        self.epochs, self.epoch, self.steps, self.done = epochs, epoch, steps, 0
+        if self.run_id is None:  # the whole run, from this epoch on (a resumed run starts later)
+            self.run_id = self.progress.add_task("run", total=steps * (epochs - epoch + 1), stats="")
+        elif self.task_id is not None:
+            self.progress.update(self.task_id, visible=False)
+        self.task_id = self.progress.add_task(f"epoch {epoch}/{epochs}", total=steps, stats="")
+        self.plain_at = (time.perf_counter(), 0)
 
     def step(self, stats: dict[str, float]) -> None:
-        self.progress.update(
-            self.task_id, advance=1, loss=stats["loss"], top1=_percent(stats["top1"]), ips=stats["images_per_s"]
-        )
+        self.done += 1
+        figures = f"loss {stats['loss']:.3f}  top1 {_percent(stats['top1'])}  {stats['images_per_s']:.0f} img/s"
+        self.progress.update(self.task_id, advance=1, stats=figures)
+        self.progress.update(self.run_id, advance=1)
+        if not self.live and self._plain_line_due():
+            run = self.progress.tasks[self.run_id]
+            eta = "" if run.time_remaining is None else f", run ETA {_clock(run.time_remaining)}"
+            self.info(f"epoch {self.epoch}/{self.epochs} step {self.done}/{self.steps}: {figures}{eta}")
+            self.plain_at = (time.perf_counter(), self.done)
+
+    def _plain_line_due(self) -> bool:
+        since, at_step = self.plain_at
+        every = max(1, round(self.steps * self.PLAIN_EVERY_SHARE))
+        due = self.done - at_step >= every or time.perf_counter() - since >= self.PLAIN_EVERY_S
+        return due and self.done < self.steps  # the epoch's last step is reported by its end line
 
     def epoch_end(self, record: dict[str, Any]) -> None:
         tasks = "  ".join(f"{task} {_percent(v)}" for task, v in record["val_top1"].items())
-        line = f"  val loss {record['val_loss']:.3f}  top-1: {tasks}  ({record['seconds']:.1f} s)"
+        line = f"epoch {record['epoch']}/{self.epochs} val loss {record['val_loss']:.3f}  top-1: {tasks}"
+        line += f"  ({record['seconds']:.1f} s)"
         if not self.live:
             line = (
                 f"epoch {record['epoch']}/{self.epochs}: train loss {record['train_loss']:.3f}"
-                f"  top1 {_percent(record['train_top1'])}  {record['images_per_s']:.0f} img/s |{line[1:]}"
+                f"  top1 {_percent(record['train_top1'])}  {record['images_per_s']:.0f} img/s |"
+                f" val loss {record['val_loss']:.3f}  top-1: {tasks}  ({record['seconds']:.1f} s)"
             )
         self.progress.console.print(line, highlight=False, soft_wrap=True)
+
+
+def _clock(seconds: float) -> str:
+    """'1:02:03' or '2:03'."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def render_train_summary(result: TrainResult) -> None:
