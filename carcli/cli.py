@@ -21,8 +21,8 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     import click  # type: ignore[no-redef]
 
 from carcli import __version__, usage
-from carcli.console import print_error, print_info, render_table
-from carcli.errors import CarcliError, UsageError
+from carcli.console import print_error, print_info, print_stopped, render_table
+from carcli.errors import CarcliError, Interrupted, UsageError
 
 
 class CarcliGroup(TyperGroup):
@@ -39,8 +39,11 @@ class CarcliGroup(TyperGroup):
                 print_error(f"{exc.format_message()} (see `{command} --help`)")
             code = exc.exit_code
         except typer.Abort:
-            print_error("aborted")
-            code = 1
+            print_stopped("aborted (Ctrl-C)")
+            code = 130
+        except Interrupted as exc:
+            print_stopped(str(exc))
+            code = exc.exit_code
         except CarcliError as exc:
             if debug:
                 raise
@@ -129,7 +132,7 @@ def fetch_data(
         with FetchProgress() as reporter:
             result = fetch(request, reporter)
     except KeyboardInterrupt:
-        print_error("interrupted; nothing half-made was kept, partial downloads (*.part) resume next time")
+        print_stopped("interrupted; nothing half-made was kept, partial downloads (*.part) resume next time")
         raise typer.Exit(130) from None
     render_fetch_result(result)
 

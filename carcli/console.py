@@ -45,6 +45,11 @@ def print_error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
+def print_stopped(message: str) -> None:
+    """The line for a run the user stopped (Ctrl-C): not an error, so not labelled as one."""
+    err_console.print(f"[yellow]stopped:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def print_warning(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 

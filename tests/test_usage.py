@@ -68,3 +68,16 @@ def test_an_unknown_arch_is_refused_before_the_demo_set_notice(tmp_path, monkeyp
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "unknown architecture" in lines[0], result.output
     assert not (tmp_path / "home").exists()  # the demo set was not generated either
+
+
+def test_ctrl_c_is_not_labelled_an_error(monkeypatch):
+    from carcli import usage
+    from carcli.errors import Interrupted
+
+    def stop(*args: object) -> None:
+        raise Interrupted("interrupted in epoch 2; resumable state saved")
+
+    monkeypatch.setattr(usage, "check_export", stop)
+    result = CliRunner().invoke(app, ["export", "x.st", "--format", "onnx"])
+    assert result.exit_code == 130
+    assert "stopped: interrupted in epoch 2" in result.output and "error" not in result.output
