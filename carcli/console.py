@@ -140,13 +140,13 @@ class RichReporter:
 
     def epoch_end(self, record: dict[str, Any]) -> None:
         tasks = "  ".join(f"{task} {_percent(v)}" for task, v in record["val_top1"].items())
-        line = f"epoch {record['epoch']}/{self.epochs} val loss {record['val_loss']:.3f}  top-1: {tasks}"
-        line += f"  ({record['seconds']:.1f} s)"
+        val = "no validation" if record["val_loss"] is None else f"val loss {record['val_loss']:.3f}  top-1: {tasks}"
+        line = f"epoch {record['epoch']}/{self.epochs} {val}  ({record['seconds']:.1f} s)"
         if not self.live:
             line = (
                 f"epoch {record['epoch']}/{self.epochs}: train loss {record['train_loss']:.3f}"
-                f"  top1 {_percent(record['train_top1'])}  {record['images_per_s']:.0f} img/s |"
-                f" val loss {record['val_loss']:.3f}  top-1: {tasks}  ({record['seconds']:.1f} s)"
+                f"  top1 {_percent(record['train_top1'])}  {record['images_per_s']:.0f} img/s | {val}"
+                f"  ({record['seconds']:.1f} s)"
             )
         self.progress.console.print(line, highlight=False, soft_wrap=True)
 

@@ -176,7 +176,7 @@ class TrackingReporter:
             self.started = True
         from carcli.train import flat_record
 
-        metrics = {name: float(value) for name, value in flat_record(record).items() if name != "epoch"}
+        metrics = {name: float(v) for name, v in flat_record(record).items() if name != "epoch" and v is not None}
         self.tracker.log_epoch(int(record["epoch"]), metrics)
         self.inner.epoch_end(record)
 

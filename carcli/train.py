@@ -80,6 +80,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BALANCES = ("none", "sampler", "weights")
 RUN_FILES = ("best.st", "last.st", "metrics.jsonl", STATE_FILE)
+NO_VALIDATION: dict[str, Any] = {"loss": None, "top1": {}, "top5": {}}  # the val figures of a --val-fraction 0 run
 RESUME_MAY_CHANGE = {"epochs", "workers", "device", "profile", "precision", "compile", "log", "log_uri"}
 
 
@@ -306,7 +307,7 @@ def _train(
     parameters = sum(p.numel() for p in model.parameters())
     run_dir = Path(config.out or "") if resume else _make_run_dir(config, ddp)
     state = load_run_state(run_dir) if resume else None
-    train_samples, val_samples = _readable_splits(dataset, run_dir, reporter, ddp)
+    train_samples, val_samples = _readable_splits(dataset, run_dir, reporter, ddp, config.val_fraction == 0)
 
     img_size = config.img_size or spec.img_size
     feed = _feed(config, train_samples, val_samples, img_size, spec.mean, spec.std, device, reporter, ddp)
@@ -384,8 +385,12 @@ def _train(
             record = None
             if ddp.main:
                 evaluated = ema.module if ema is not None else model
-                val_stats = validate(
-                    evaluated, val_loader, fine_to, device, autocast_dtype, config.channels_last, feed.prepare_val
+                val_stats = (
+                    validate(
+                        evaluated, val_loader, fine_to, device, autocast_dtype, config.channels_last, feed.prepare_val
+                    )
+                    if val_samples
+                    else NO_VALIDATION
                 )
                 record = _epoch_record(epoch, train_stats, val_stats, time.perf_counter() - epoch_start)
                 if config.profile:
@@ -597,11 +602,20 @@ def _make_run_dir(config: TrainConfig, ddp: Dist) -> Path:
 
 
 def _readable_splits(
-    dataset: DataSet, run_dir: Path, reporter: Reporter, ddp: Dist
+    dataset: DataSet, run_dir: Path, reporter: Reporter, ddp: Dist, everything: bool = False
 ) -> tuple[list[Sample], list[Sample]]:
-    """Train and eval samples without the files that cannot be decoded (listed in unreadable.txt)."""
+    """Train and eval samples without the files that cannot be decoded (listed in unreadable.txt).
+
+    `everything` (--val-fraction 0): every train and val image is for training and none for validation.
+    """
     train_samples, val_samples = dataset.split("train"), dataset.split(dataset.eval_split)
-    if dataset.eval_split == "train":
+    if everything:
+        train_samples, val_samples = dataset.split("train") + dataset.split("val"), []
+        reporter.info(
+            f"--val-fraction 0: training on all {len(train_samples)} train and val images, without validation; "
+            "best.st is a copy of last.st (the last epoch)"
+        )
+    elif dataset.eval_split == "train":
         raise CarcliError(f"{dataset.root} gives no images to validate on; lower classes or raise --val-fraction")
     bad = set(find_unreadable([s.path for s in train_samples + val_samples]))
     if bad:
@@ -611,7 +625,7 @@ def _readable_splits(
         reporter.warn(f"skipped {len(bad)} unreadable images; list written to {listing}")
         train_samples = [s for s in train_samples if s.path not in bad]
         val_samples = [s for s in val_samples if s.path not in bad]
-    if not train_samples or not val_samples:
+    if not train_samples or not (val_samples or everything):
         raise CarcliError(f"{dataset.root}: no readable images left in the train or validation split")
     return train_samples, val_samples
 
@@ -1077,7 +1091,9 @@ def _epoch_record(epoch: int, train_stats: dict[str, float], val_stats: dict[str
 
 
 def _update_best(progress: Progress, record: dict[str, Any]) -> None:
-    if not progress.best_top1 or record["val_top1"][FINE] > progress.best_top1[FINE]:
+    if not record["val_top1"]:  # no validation: the latest epoch is the best one
+        progress.best_top1, progress.best_epoch, progress.stale_epochs = {}, record["epoch"], 0
+    elif not progress.best_top1 or record["val_top1"][FINE] > progress.best_top1[FINE]:
         progress.best_top1, progress.best_epoch, progress.stale_epochs = dict(record["val_top1"]), record["epoch"], 0
     else:
         progress.stale_epochs += 1
@@ -1110,7 +1126,7 @@ def _write_epoch_files(
         save_checkpoint(run_dir / "best.st", state, {**meta_base, "metrics": metrics})
     if writer is not None:
         for name, value in flat_record(record).items():
-            if name != "epoch":
+            if name != "epoch" and value is not None:
                 writer.add_scalar(name.replace("_", "/", 1), value, record["epoch"])  # train/loss, val/top1/model
         writer.flush()
 
