@@ -724,8 +724,8 @@ def _feed(
     with _main_first(ddp):
         train_store, val_store = (
             _store(samples, store_side(img_size, training), crop, device, reporter)
-            for samples, training in ((train_samples, True), (val_samples, False))
-        )
+            for samples, training in ((train_samples, True), (val_samples or train_samples[:1], False))
+        )  # --val-fraction 0: a one-image placeholder val store that is never read
     val_feed = PackedDataset(val_store), BatchAugment(img_size, mean, std, None, device)
     if batchable(augment):
         on_device = BatchAugment(img_size, mean, std, augment, device, config.seed + ddp.rank)
