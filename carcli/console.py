@@ -97,6 +97,7 @@ class RichReporter:
         self.steps = 0
         self.done = 0
         self.plain_at = (0.0, 0)  # (time, step) of the last plain progress line
+        self.started = 0.0  # when the run's first epoch started
 
     def __enter__(self) -> RichReporter:
         if self.live:
@@ -115,6 +116,7 @@ class RichReporter:
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
         self.epochs, self.epoch, self.steps, self.done = epochs, epoch, steps, 0
         if self.run_id is None:  # the whole run, from this epoch on (a resumed run starts later)
+            self.started = time.perf_counter()
             self.run_id = self.progress.add_task("run", total=steps * (epochs - epoch + 1), stats="")
         elif self.task_id is not None:
             self.progress.update(self.task_id, visible=False)
@@ -128,8 +130,9 @@ class RichReporter:
         self.progress.update(self.run_id, advance=1)
         if not self.live and self._plain_line_due():
             run = self.progress.tasks[self.run_id]
-            eta = "" if run.time_remaining is None else f", run ETA {_clock(run.time_remaining)}"
-            self.info(f"epoch {self.epoch}/{self.epochs} step {self.done}/{self.steps}: {figures}{eta}")
+            elapsed = time.perf_counter() - self.started
+            eta = _clock(elapsed * ((run.total or 0) - run.completed) / run.completed)
+            self.info(f"epoch {self.epoch}/{self.epochs} step {self.done}/{self.steps}: {figures}, run ETA {eta}")
             self.plain_at = (time.perf_counter(), self.done)
 
     def _plain_line_due(self) -> bool:

@@ -32,8 +32,7 @@ from carcli.evaluate import (
     with_implied_tasks,
     write_csv,
 )
-from carcli.paths import RUNS_DIR
-from carcli.usage import check_predict
+from carcli.usage import check_predict, newest_checkpoint
 
 COARSE = ("make", "type", "year")
 GLOB_CHARS = "*?["
@@ -61,16 +60,6 @@ class PredictResult:
     skipped: list[tuple[str, str]]  # (input, why)
     files: list[Path] = field(default_factory=list)  # the CSV and explanation images written
     seconds: float = 0.0
-
-
-def newest_checkpoint(runs_dir: Path = RUNS_DIR) -> Path:
-    """The most recently written best.st under `runs_dir`."""
-    found = list(runs_dir.glob("**/best.st")) if runs_dir.is_dir() else []
-    if not found:
-        raise CarcliError(
-            f"no --model given and no best.st under {runs_dir}/; train one with `carcli train` or pass --model FILE"
-        )
-    return max(found, key=lambda p: p.stat().st_mtime)
 
 
 def gather_images(inputs: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:

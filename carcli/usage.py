@@ -11,6 +11,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from carcli.errors import CarcliError, UsageError
+from carcli.paths import RUNS_DIR
 
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_SPLITS = ("val", "test", "all")  # all: every labelled image, whatever its split
@@ -74,6 +75,8 @@ def check_predict(
     one_of(device, DEVICES, "--device")
     if model is not None:
         require_checkpoint(model)
+    else:
+        newest_checkpoint()
 
 
 def check_bench(
@@ -116,3 +119,13 @@ def check_ensemble(checkpoints: Sequence[Path], data: Path | None, method: str) 
     for checkpoint in checkpoints:
         require_checkpoint(checkpoint)
     require_data(data)
+
+
+def newest_checkpoint(runs_dir: Path = RUNS_DIR) -> Path:
+    """The most recently written best.st under `runs_dir`."""
+    found = list(runs_dir.glob("**/best.st")) if runs_dir.is_dir() else []
+    if not found:
+        raise CarcliError(
+            f"no --model given and no best.st under {runs_dir}/; train one with `carcli train` or pass --model FILE"
+        )
+    return max(found, key=lambda p: p.stat().st_mtime)

@@ -38,6 +38,7 @@ def _run_cli(args: list[str], cwd: Path) -> tuple[int, bool, list[str]]:
         (["eval", "model.st", "--data", "nowhere"], 1, "data set not found: nowhere"),
         (["eval", "model.st", "--tta", "--crop", "cam"], 2, "cannot be combined"),
         (["predict", "x.jpg", "--model", "missing.st"], 1, "checkpoint not found"),
+        (["predict", "x.jpg"], 1, "no --model given and no best.st under runs/"),
         (["predict", "x.jpg", "--top-k", "0"], 2, "--top-k must be at least 1"),
         (["predict", "x.jpg", "--device", "tpu"], 2, "--device must be one of"),
         (["bench"], 2, "give either a CHECKPOINT or --arch NAME"),
