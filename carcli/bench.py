@@ -4,13 +4,17 @@
 (`count_parameters`, `latency_ms`, `eval_samples`, `top1_per_task`) for their before/after reports.
 FLOPs come from `torch.utils.flop_counter.FlopCounterMode` (one multiply-add counts as 2 FLOPs;
 matrix products and convolutions only, and zeros left by unstructured pruning still count).
+Times come from `torch.utils.benchmark.Timer` (it synchronises CUDA and sets the thread count):
+batch-1 latency on one CPU thread by default, throughput on the physical cores, so neither is
+distorted by more threads than cores; a wide spread of the timings is reported as a warning.
 """
 
 from __future__ import annotations
 
-import time
+import logging
+import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +24,12 @@ from torch import nn
 from carcli.data.images import image_problems
 from carcli.data.layouts import Sample
 from carcli.device import resolve_device
-from carcli.errors import CarcliError, UsageError
+from carcli.errors import CarcliError
 from carcli.evaluate import predict_samples, split_samples, topk_accuracy
-from carcli.limits import check_img_size
+from carcli.usage import check_bench
 
 LATENCY_BATCH = 1
+NOISY_SPREAD = 0.15  # interquartile range / median above this: the figure is unreliable (busy machine)
 THROUGHPUT_BATCH = 32
 BENCH_CLASSES = 196  # --arch models get a linear head for Stanford Cars' classes, as in `carcli archs`
 
@@ -42,6 +47,12 @@ class BenchResult:
     file_bytes: int | None  # None for an --arch model that has no file
     latency_ms: float  # per image at batch 1
     throughput: float  # images per second at batch 32
+    latency_threads: int = 1  # CPU threads of each measurement
+    throughput_threads: int = 1
+    warnings: list[str] = field(default_factory=list)
+
+    def _on(self, threads: int) -> str:
+        return self.device if self.device != "cpu" else f"cpu, {threads} thread{'' if threads == 1 else 's'}"
 
     def rows(self) -> list[tuple[str, str]]:
         """(quantity, value) pairs for a table."""
@@ -53,8 +64,11 @@ class BenchResult:
             ("non-zero parameters", f"{self.nonzero / 1e6:.3f} M"),
             ("FLOPs per image", f"{self.flops / 1e6:,.1f} M"),
             ("file size", size),
-            (f"latency, batch {LATENCY_BATCH} ({self.device})", f"{self.latency_ms:.2f} ms/image"),
-            (f"throughput, batch {THROUGHPUT_BATCH} ({self.device})", f"{self.throughput:.1f} images/s"),
+            (f"latency, batch {LATENCY_BATCH} ({self._on(self.latency_threads)})", f"{self.latency_ms:.2f} ms/image"),
+            (
+                f"throughput, batch {THROUGHPUT_BATCH} ({self._on(self.throughput_threads)})",
+                f"{self.throughput:.1f} images/s",
+            ),
         ]
 
 
@@ -63,15 +77,17 @@ def bench(
     arch: str | None = None,
     img_size: int | None = None,
     device: str = "auto",
+    threads: int | None = None,
     allow_large_images: bool = False,
 ) -> BenchResult:
-    """Measure a checkpoint, or an untrained `arch` with a linear head for 196 classes."""
+    """Measure a checkpoint, or an untrained `arch` with a linear head for 196 classes.
+
+    `threads` sets the CPU threads of both timings (default: 1 for latency, the physical cores for throughput).
+    """
     from carcli.checkpoint import load_model
     from carcli.models.registry import create_model, get_arch
 
-    if (checkpoint is None) == (arch is None):
-        raise UsageError("give either a CHECKPOINT or --arch NAME")
-    check_img_size(img_size, allow_large_images)
+    check_bench(checkpoint, arch, img_size, device, threads, allow_large_images)
     torch_device = resolve_device(device)
     if checkpoint is not None:
         model, meta = load_model(checkpoint)
@@ -83,23 +99,44 @@ def bench(
         name, size, file_bytes = arch, img_size or spec.img_size, None
     total, nonzero = count_parameters(model)
     model.to(torch_device)
-    return BenchResult(
+    one, many = (threads, threads) if threads else (1, physical_cores())
+    latency, latency_spread = _time(model, _images(LATENCY_BATCH, size, torch_device), one, 0.5)
+    batch, batch_spread = _time(model, _images(THROUGHPUT_BATCH, size, torch_device), many, 1.0)
+    result = BenchResult(
         name=name,
         img_size=size,
-        device=_device_name(torch_device),
+        device=torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else "cpu",
         parameters=total,
         nonzero=nonzero,
         flops=count_flops(model, size, torch_device),
         file_bytes=file_bytes,
-        latency_ms=latency_ms(model, size, torch_device),
-        throughput=throughput(model, size, torch_device),
+        latency_ms=1000 * latency / LATENCY_BATCH,
+        throughput=THROUGHPUT_BATCH / batch,
+        latency_threads=one,
+        throughput_threads=many,
     )
+    for what, spread in (("latency", latency_spread), ("throughput", batch_spread)):
+        if spread > NOISY_SPREAD:
+            result.warnings.append(
+                f"{what} timings spread by {spread:.0%} of their median (interquartile range): the machine is "
+                "busy or its clock changes; close other programs or run again"
+            )
+    return result
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu, {torch.get_num_threads()} threads"
+def physical_cores() -> int:
+    """Physical CPU cores this process may use (hyper-threads not counted; Linux reads /proc/cpuinfo)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return usable
+    cores = {
+        (block.split("physical id")[1].split("\n")[0], block.split("core id")[1].split("\n")[0])
+        for block in text.split("\n\n")
+        if "physical id" in block and "core id" in block
+    }
+    return max(1, min(usable, len(cores) or usable))
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -123,41 +160,25 @@ def count_flops(model: nn.Module, img_size: int, device: torch.device | str = "c
     return int(counter.get_total_flops())
 
 
-@torch.inference_mode()
-def _seconds_per_batch(model: nn.Module, images: torch.Tensor, warmup: int, budget_s: float, min_runs: int) -> float:
-    """Median wall time of a forward pass, after `warmup` passes; runs until `budget_s` and at least `min_runs`."""
+def _time(model: nn.Module, images: torch.Tensor, threads: int, budget_s: float) -> tuple[float, float]:
+    """(median seconds of a forward pass, interquartile range / median) on `threads` CPU threads."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU machines
+    from torch.utils import benchmark
+
     model.eval()
-    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
-    for _ in range(warmup):
-        model(images)
-    sync()
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < min_runs or time.perf_counter() - started < budget_s:
-        tick = time.perf_counter()
-        model(images)
-        sync()
-        times.append(time.perf_counter() - tick)
-    return sorted(times)[len(times) // 2]
+    timer = benchmark.Timer(stmt="model(images)", globals={"model": model, "images": images}, num_threads=threads)
+    with torch.inference_mode():
+        model(images)  # warm-up: lazy initialisation, allocator
+        measured = timer.blocked_autorange(min_run_time=budget_s)
+    return measured.median, measured.iqr / measured.median
 
 
 def latency_ms(
     model: nn.Module, img_size: int, device: torch.device | str = "cpu", threads: int | None = None
 ) -> float:
-    """Milliseconds per image at batch 1 (median); `threads` pins torch's CPU threads while measuring."""
+    """Milliseconds per image at batch 1 (median) on `threads` CPU threads (default 1)."""
     images = _images(LATENCY_BATCH, img_size, torch.device(device))
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads or before)
-    try:
-        return 1000 * _seconds_per_batch(model, images, warmup=2, budget_s=0.5, min_runs=5)
-    finally:
-        torch.set_num_threads(before)
-
-
-def throughput(model: nn.Module, img_size: int, device: torch.device | str = "cpu") -> float:
-    """Images per second at batch 32 (median batch time)."""
-    images = _images(THROUGHPUT_BATCH, img_size, torch.device(device))
-    return THROUGHPUT_BATCH / _seconds_per_batch(model, images, warmup=1, budget_s=1.0, min_runs=2)
+    return 1000 * _time(model, images, threads or 1, 0.5)[0]
 
 
 def eval_samples(

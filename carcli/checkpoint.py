@@ -28,6 +28,7 @@ from carcli.data.taxonomy import FINE, Taxonomy
 from carcli.errors import CarcliError, UsageError
 from carcli.files import atomic_output
 from carcli.limits import check_img_size
+from carcli.usage import require_checkpoint
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -63,7 +64,7 @@ def read_metadata(path: Path) -> dict[str, Any]:
     """The carcli metadata of a checkpoint; a clear CarcliError for anything that is not one."""
     from safetensors import safe_open
 
-    _check_file(path)
+    require_checkpoint(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw = (handle.metadata() or {}).get(METADATA_KEY)
@@ -143,13 +144,6 @@ def _build_ensemble(meta: dict[str, Any], state: dict[str, Tensor], source: str)
         for prefix, member in zip(prefixes, members_meta, strict=True)
     ]
     return EnsembleModel(members, members_meta, weights)
-
-
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise CarcliError(f"checkpoint not found: {path}")
-    if not path.is_file():
-        raise CarcliError(f"checkpoint is not a file: {path}")
 
 
 def _parse_metadata(path: Path, raw: str | None) -> dict[str, Any]:
@@ -233,3 +227,11 @@ def _finite(value: Any) -> bool:
 def _shown(value: Any) -> str:
     text = json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def trained_on(meta: dict[str, Any], checkpoint: Path) -> Path:
+    """The data set the checkpoint was trained on, as its metadata records it (the default --data)."""
+    root = (meta.get("data") or {}).get("root") or (meta.get("train") or {}).get("data")
+    if not root:
+        raise UsageError(f"{checkpoint} does not record its training data; pass --data DIR")
+    return Path(root)

@@ -20,9 +20,9 @@ try:  # typer >= 0.20 ships its own copy of click; its exceptions are the ones r
 except ImportError:  # pragma: no cover - older typer uses click itself
     import click  # type: ignore[no-redef]
 
-from carcli import __version__
-from carcli.console import print_error, print_info, render_table
-from carcli.errors import CarcliError, UsageError, fault, one_line
+from carcli import __version__, usage
+from carcli.console import print_error, print_info, print_stopped, render_table
+from carcli.errors import CarcliError, Interrupted, UsageError, fault, one_line
 
 
 class CarcliGroup(TyperGroup):
@@ -39,8 +39,11 @@ class CarcliGroup(TyperGroup):
                 print_error(f"{exc.format_message()} (see `{command} --help`)")
             code = exc.exit_code
         except typer.Abort:
-            print_error("aborted")
-            code = 1
+            print_stopped("aborted (Ctrl-C)")
+            code = 130
+        except Interrupted as exc:
+            print_stopped(str(exc))
+            code = exc.exit_code
         except CarcliError as exc:
             if debug:
                 raise
@@ -133,7 +136,7 @@ def fetch_data(
         with FetchProgress() as reporter:
             result = fetch(request, reporter)
     except KeyboardInterrupt:
-        print_error("interrupted; nothing half-made was kept, partial downloads (*.part) resume next time")
+        print_stopped("interrupted; nothing half-made was kept, partial downloads (*.part) resume next time")
         raise typer.Exit(130) from None
     render_fetch_result(result)
 
@@ -259,9 +262,17 @@ def train(
     allow_large_images: Annotated[
         bool | None, _opt("Allow --img-size over 2048 (memory grows with its square).", DATA, "--allow-large-images")
     ] = None,
+    log: Annotated[
+        str | None,
+        _opt("Track the run: none, mlflow (SQLite store in the runs folder) or wandb (offline unless logged in).", RUN),
+    ] = None,
+    log_uri: Annotated[str | None, _opt("--log mlflow: tracking URI or server; --log wandb: W&B server URL.", RUN)] = (
+        None
+    ),
 ) -> None:
     """Train a classifier and write safetensors checkpoints (best.st, last.st) to a run folder."""
     from carcli.console import RichReporter, render_train_summary
+    from carcli.tracking import tracking
     from carcli.train import make_config, parse_loss_weights, parse_milestones, resume_config
     from carcli.train import train as run_training
 
@@ -279,8 +290,8 @@ def train(
         run_config = resume_config(resume, {k: v for k, v in options.items() if v is not None})
     else:
         run_config = make_config(options, config)
-    with RichReporter() as reporter:
-        result = run_training(run_config, reporter, resume=resume is not None)
+    with RichReporter() as reporter, tracking(run_config, reporter) as tracked:
+        result = run_training(run_config, tracked, resume=resume is not None)
     if result.records:
         render_train_summary(result)
 
@@ -292,7 +303,8 @@ def evaluate(
         Path | None, typer.Option(help="Data set root (default: the one the checkpoint was trained on).")
     ] = None,
     split: Annotated[
-        str | None, typer.Option(help="val or test (default: val if the data has one, else test).")
+        str | None,
+        typer.Option(help="val, test or all (every labelled image) (default: val if the data has one, else test)."),
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Report folder (default: eval-<split> beside the checkpoint).")
@@ -318,6 +330,7 @@ def evaluate(
     ] = None,
 ) -> None:
     """Per-task metrics, calibration, confusion matrices and reports for a checkpoint on a data set."""
+    usage.check_eval(checkpoint, data, split, crop, tta, batch_size, device)
     from carcli.console import RichStages, print_json_line, render_eval
     from carcli.evaluate import evaluate as run_eval
 
@@ -335,7 +348,10 @@ def evaluate(
 @app.command()
 def prune(
     checkpoint: Annotated[Path, typer.Argument(help="A .st checkpoint.")],
-    data: Annotated[Path, typer.Option(help="Data set root; scored on the checkpoint's own evaluation split.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Data set root (default: the checkpoint's); scored on its own evaluation split."),
+    ] = None,
     rate: Annotated[
         float | None, typer.Option(help="Share of weights (magnitude) or of each layer's channels (channel) to remove.")
     ] = None,
@@ -352,15 +368,15 @@ def prune(
     ] = None,
 ) -> None:
     """Prune a model (magnitude or channel) and report accuracy against size."""
-    from carcli.console import RichReporter
-    from carcli.errors import UsageError
-    from carcli.prune import prune_checkpoint
-    from carcli.prune import sweep as run_sweep
-
     if sweep == (rate is not None):
         raise UsageError("give either --rate R or --sweep")
     if sweep and finetune_epochs:
         raise UsageError("--finetune-epochs needs --rate (a sweep does not fine-tune)")
+    usage.check_prune(checkpoint, data, method, rate, finetune_epochs)
+    from carcli.console import RichReporter
+    from carcli.prune import prune_checkpoint
+    from carcli.prune import sweep as run_sweep
+
     if sweep:
         swept = run_sweep(checkpoint, data, method, out, progress=print_info)
         columns = ("task", *(f"{r:g}" for r in swept.rates))
@@ -377,13 +393,17 @@ def prune(
 @app.command()
 def ensemble(
     checkpoints: Annotated[list[Path], typer.Argument(help="Two or more .st checkpoints.")],
-    data: Annotated[Path, typer.Option(help="Data set root; scored on the first member's evaluation split.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Data set root (default: the first member's); scored on its evaluation split."),
+    ] = None,
     method: Annotated[
         str, typer.Option(help="mean, weighted (log-loss optimal weights) or greedy (Caruana selection).")
     ] = "mean",
     out: Annotated[Path, typer.Option("-o", "--out", help="The ensemble checkpoint to write.")] = Path("ensemble.st"),
 ) -> None:
     """Combine checkpoints into one ensemble checkpoint (mean, weighted or greedy)."""
+    usage.check_ensemble(checkpoints, data, method)
     from carcli.console import print_warning
     from carcli.ensemble import build_ensemble
 
@@ -406,6 +426,7 @@ def export(
     calibration_images: Annotated[int, typer.Option(help="With --quantize: training images to calibrate on.")] = 200,
 ) -> None:
     """Export to ONNX (dynamic batch, optionally int8), TorchScript or OpenVINO IR, checked after writing."""
+    usage.check_export(checkpoint, fmt)
     from carcli.export import export_checkpoint
 
     result = export_checkpoint(checkpoint, fmt, out, quantize, data, calibration_images)
@@ -425,12 +446,20 @@ def bench(
     allow_large_images: Annotated[
         bool, typer.Option("--allow-large-images", help="Allow --img-size over 2048.")
     ] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads of both timings (default: 1 for latency, the physical cores for throughput)."),
+    ] = None,
 ) -> None:
     """Parameters, FLOPs, file size, latency (batch 1) and throughput (batch 32) of a model."""
+    usage.check_bench(checkpoint, arch, img_size, device, threads, allow_large_images)
     from carcli.bench import bench as run_bench
+    from carcli.console import print_warning
 
-    result = run_bench(checkpoint, arch, img_size, device, allow_large_images)
+    result = run_bench(checkpoint, arch, img_size, device, threads, allow_large_images)
     render_table("benchmark", ("", "value"), result.rows())
+    for warning in result.warnings:
+        print_warning(warning)
 
 
 @app.command()
@@ -451,6 +480,7 @@ def predict(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Top-k predictions (model, make, type, year) for images."""
+    usage.check_predict(model, top_k, batch_size, explain, saliency, crop, device)
     from carcli.console import RichStages, print_json_line, render_predictions
     from carcli.predict import predict as run_predict
 
@@ -473,17 +503,18 @@ def archs() -> None:
     rows = [
         (
             spec.name,
-            f"{spec.library} {spec.model_name}",
-            f"{count_parameters(spec.name, {'model': 196}) / 1e6:.2f} M",
+            f"{'tv' if spec.library == 'torchvision' else spec.library}:{spec.model_name}",
+            f"{count_parameters(spec.name, {'model': 196}) / 1e6:.2f}",
             str(spec.feature_dim),
             str(spec.img_size),
         )
         for spec in list_archs()
     ]
     render_table(
-        "architectures (also timm:NAME, tv:NAME)",
-        ("name", "library", "params (196 cls)", "features", "img size"),
+        "architectures (any timm:NAME or tv:NAME works too); parameters in millions, with 196 classes",
+        ("name", "library:model", "params", "features", "img size"),
         rows,
+        left=(0, 1),
     )
 
 

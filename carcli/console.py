@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich import filesize
@@ -44,6 +45,11 @@ def print_error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
+def print_stopped(message: str) -> None:
+    """The line for a run the user stopped (Ctrl-C): not an error, so not labelled as one."""
+    err_console.print(f"[yellow]stopped:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def print_warning(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
@@ -52,16 +58,25 @@ def print_info(message: str) -> None:
     console.print(escape(message), highlight=False, soft_wrap=True)
 
 
+def plural(count: int, noun: str) -> str:
+    """'1 file', '2 files'."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
 class RichReporter:
-    """Training progress: one bar per epoch with loss, accuracy and images/s, then a validation line.
+    """Training progress: an overall bar for the run (ETA to the end) and a bar per epoch, then a validation line.
 
-    When stdout is not a terminal (a log file, CI) there are no live bars: each epoch ends with one
-    line that carries the training figures too, so logs stay readable.
+    When stdout is not a terminal (a log file, `| tee`, CI) there are no live bars: a plain line
+    reports the running figures every 10 % of an epoch or 30 s, and each epoch ends with one line
+    that carries the training figures too, so logs stay readable and show that the run is alive.
     """
+
+    PLAIN_EVERY_S = 30.0
+    PLAIN_EVERY_SHARE = 0.1
 
     def __init__(self) -> None:
         self.live = console.is_terminal
@@ -69,12 +84,20 @@ class RichReporter:
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.3f}  top1 {task.fields[top1]}  {task.fields[ips]:.0f} img/s"),
+            TextColumn("{task.fields[stats]}"),
             TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
             console=console,
         )
         self.task_id: Any = None
+        self.run_id: Any = None
         self.epochs = 0
+        self.epoch = 0
+        self.steps = 0
+        self.done = 0
+        self.plain_at = (0.0, 0)  # (time, step) of the last plain progress line
+        self.started = 0.0  # when the run's first epoch started
 
     def __enter__(self) -> RichReporter:
         if self.live:
@@ -91,46 +114,77 @@ class RichReporter:
         self.progress.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
-        self.epochs = epochs
-        self.task_id = self.progress.add_task(f"epoch {epoch}/{epochs}", total=steps, loss=0.0, top1="-", ips=0.0)
+        self.epochs, self.epoch, self.steps, self.done = epochs, epoch, steps, 0
+        if self.run_id is None:  # the whole run, from this epoch on (a resumed run starts later)
+            self.started = time.perf_counter()
+            self.run_id = self.progress.add_task("run", total=steps * (epochs - epoch + 1), stats="")
+        elif self.task_id is not None:
+            self.progress.update(self.task_id, visible=False)
+        self.task_id = self.progress.add_task(f"epoch {epoch}/{epochs}", total=steps, stats="")
+        self.plain_at = (time.perf_counter(), 0)
 
     def step(self, stats: dict[str, float]) -> None:
-        self.progress.update(
-            self.task_id, advance=1, loss=stats["loss"], top1=_percent(stats["top1"]), ips=stats["images_per_s"]
-        )
+        self.done += 1
+        figures = f"loss {stats['loss']:.3f}  top1 {_percent(stats['top1'])}  {stats['images_per_s']:.0f} img/s"
+        self.progress.update(self.task_id, advance=1, stats=figures)
+        self.progress.update(self.run_id, advance=1)
+        if not self.live and self._plain_line_due():
+            run = self.progress.tasks[self.run_id]
+            elapsed = time.perf_counter() - self.started
+            eta = _clock(elapsed * ((run.total or 0) - run.completed) / run.completed)
+            self.info(f"epoch {self.epoch}/{self.epochs} step {self.done}/{self.steps}: {figures}, run ETA {eta}")
+            self.plain_at = (time.perf_counter(), self.done)
+
+    def _plain_line_due(self) -> bool:
+        since, at_step = self.plain_at
+        every = max(1, round(self.steps * self.PLAIN_EVERY_SHARE))
+        due = self.done - at_step >= every or time.perf_counter() - since >= self.PLAIN_EVERY_S
+        return due and self.done < self.steps  # the epoch's last step is reported by its end line
 
     def epoch_end(self, record: dict[str, Any]) -> None:
         tasks = "  ".join(f"{task} {_percent(v)}" for task, v in record["val_top1"].items())
-        line = f"  val loss {record['val_loss']:.3f}  top-1: {tasks}  ({record['seconds']:.1f} s)"
+        val = "no validation" if record["val_loss"] is None else f"val loss {record['val_loss']:.3f}  top-1: {tasks}"
+        line = f"epoch {record['epoch']}/{self.epochs} {val}  ({record['seconds']:.1f} s)"
         if not self.live:
             line = (
                 f"epoch {record['epoch']}/{self.epochs}: train loss {record['train_loss']:.3f}"
-                f"  top1 {_percent(record['train_top1'])}  {record['images_per_s']:.0f} img/s |{line[1:]}"
+                f"  top1 {_percent(record['train_top1'])}  {record['images_per_s']:.0f} img/s | {val}"
+                f"  ({record['seconds']:.1f} s)"
             )
         self.progress.console.print(line, highlight=False, soft_wrap=True)
 
 
+def _clock(seconds: float) -> str:
+    """'1:02:03' or '2:03'."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 def render_train_summary(result: TrainResult) -> None:
-    """The end-of-run table."""
-    table = Table(title="training finished", title_justify="left")
-    for column in ("best epoch", *(f"{t} top-1" for t in result.best_top1), "parameters", "img/s", "wall time"):
-        table.add_column(column, justify="right")
-    table.add_row(
-        f"{result.best_epoch}/{result.epochs}",
-        *(_percent(v) for v in result.best_top1.values()),
-        f"{result.parameters / 1e6:.2f} M",
-        f"{result.images_per_s:.0f}",
-        f"{result.seconds:.0f} s",
-    )
-    console.print(table)
-    console.print(f"checkpoints: {escape(str(result.run_dir / 'best.st'))} (best), last.st, metrics.jsonl")
+    """The end-of-run table (a row per figure, so any number of tasks fits 80 columns), the files, what to do next."""
+    rows = [
+        ("best epoch", f"{result.best_epoch}/{result.epochs}"),
+        *((f"{task} top-1", _percent(v)) for task, v in result.best_top1.items()),
+        ("parameters", f"{result.parameters / 1e6:.2f} M"),
+        ("images/s", f"{result.images_per_s:.0f}"),
+        ("wall time", f"{result.seconds:.0f} s"),
+    ]
+    render_table("training finished", ("", "best epoch's value"), rows)
+    files = [name for name in RUN_OUTPUTS if (result.run_dir / name).exists()]
+    print_info(f"run folder {result.run_dir}: {', '.join(files)}")
+    for hint in result.hints:
+        print_info(hint)
 
 
-def render_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
-    """A plain table with right-aligned columns after the first."""
-    table = Table(title=title, title_justify="left")
-    for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i == 0 else "right")
+RUN_OUTPUTS = ("best.st", "last.st", "metrics.jsonl", "metrics.csv", "curves.png")  # listed after training
+
+
+def render_table(
+    title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], left: Collection[int] = (0,)
+) -> None:
+    """A plain table whose columns are right-aligned except those numbered in `left` (default: the first)."""
+    table = _table(title, columns, left)
     for row in rows:
         table.add_row(*row)
     console.print(table)
@@ -175,11 +229,15 @@ def print_json_line(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def _table(title: str | None, columns: Sequence[str], left: set[int]) -> Table:
-    """An empty table whose columns are right-aligned except those numbered in `left`."""
+def _table(title: str | None, columns: Sequence[str], left: Collection[int]) -> Table:
+    """An empty table whose columns are right-aligned except those numbered in `left`.
+
+    On a narrow terminal the left (name, path) columns keep their width and the others wrap first; a
+    word that still does not fit folds onto the next line: nothing is ever cut short with an ellipsis.
+    """
     table = Table(title=title, title_justify="left")
     for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i in left else "right")
+        table.add_column(column, justify="left" if i in left else "right", no_wrap=i in left, overflow="fold")
     return table
 
 
@@ -187,9 +245,10 @@ def render_eval(result: EvalResult) -> None:
     """The tables of `carcli eval`: metrics per task, hierarchy consistency, the most confused pairs, the files."""
     report = result.report
     console.print(
-        f"[bold]{escape(report['checkpoint'])}[/] on {report['n_images']} {report['split']} images of "
-        f"{escape(report['data'])} ({report['seconds']:.1f} s)",
+        f"[bold]{escape(report['checkpoint'])}[/] on {plural(report['n_images'], 'image')} ({report['split']}) "
+        f"of {escape(report['data'])} ({report['seconds']:.1f} s)",
         highlight=False,
+        soft_wrap=True,
     )
     tasks = report["tasks"]
     crop = any("plain_top1" in m for m in tasks.values())
@@ -206,12 +265,12 @@ def render_eval(result: EvalResult) -> None:
     ]
     columns = ["task", "classes", "top-1", "top-5", "precision", "recall", "F1", "loss", "ECE"]
     render_table("metrics (macro averages over classes)", [*columns, *(["top-1 w/o crop"] if crop else [])], rows)
-    hierarchy = [(task, m) for task, m in tasks.items() if "implied_top1" in m]
-    if hierarchy:
+    hierarchy = [(task, m) for task, m in tasks.items() if "agreement" in m]
+    if hierarchy:  # only heads of their own can disagree with the fine prediction mapped up
         render_table(
-            "hierarchy: the fine prediction mapped up",
-            ("task", "task top-1", "fine -> task top-1", "task = fine -> task"),
-            [(t, _percent(m["top1"]), _percent(m["implied_top1"]), _percent(m.get("agreement"))) for t, m in hierarchy],
+            "hierarchy: each head against the predicted model's own make, type, year (the fine answer mapped up)",
+            ("task", "head top-1", "mapped-up top-1", "head agrees with it"),
+            [(t, _percent(m["top1"]), _percent(m["implied_top1"]), _percent(m["agreement"])) for t, m in hierarchy],
         )
     if result.most_confused:
         title = f"most confused pairs (top {len(result.most_confused)})"
@@ -253,7 +312,7 @@ def render_predictions(result: PredictResult) -> None:
             console.print("  ·  ".join(coarse), highlight=False, soft_wrap=True)
     if result.files:
         console.print(
-            f"wrote {len(result.files)} files: {escape(', '.join(str(f) for f in result.files[:3]))}"
+            f"wrote {plural(len(result.files), 'file')}: {escape(', '.join(str(f) for f in result.files[:3]))}"
             + (" ..." if len(result.files) > 3 else "")
         )
 
@@ -343,13 +402,13 @@ def render_data_list(root: Path, infos: Sequence[DataSetInfo]) -> None:
     """`fetch-data --list`: the known data sets, whether each is there, its size on disk."""
     rows = [
         (
-            info.name,
-            info.kind,
+            info.name if info.kind == info.name else f"{info.name} ({info.kind})",
             "present" if info.present else "not fetched",
             "-" if info.images is None else f"{info.images:,}",
             "-" if info.size_bytes is None else filesize.decimal(info.size_bytes),
-            str(info.path),
+            str(info.path.relative_to(root) if info.path.is_relative_to(root) else info.path),
         )
         for info in infos
     ]
-    render_table(f"data sets in {root}", ("name", "kind", "status", "images", "size", "path"), rows)
+    title = f"data sets in {root} (paths below it are relative)"
+    render_table(title, ("name (kind)", "status", "images", "size", "path"), rows, left=(0, 4))

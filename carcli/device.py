@@ -8,15 +8,13 @@ from pathlib import Path
 
 import torch
 
-from carcli.errors import CarcliError, UsageError
-
-DEVICES = ("auto", "cpu", "cuda")
+from carcli.errors import CarcliError
+from carcli.usage import DEVICES, one_of
 
 
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     """auto -> cuda when a GPU is there, else cpu; `local_rank` picks this process's GPU under torchrun."""
-    if name not in DEVICES:
-        raise UsageError(f"--device must be one of {', '.join(DEVICES)}")
+    one_of(name, DEVICES, "--device")
     if name == "cuda" and not torch.cuda.is_available():
         raise CarcliError("--device cuda asked for, but no CUDA GPU is available; use --device cpu or auto")
     if name == "auto":

@@ -22,15 +22,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from carcli.bench import eval_samples
-from carcli.checkpoint import load_model, save_checkpoint
+from carcli.checkpoint import load_model, save_checkpoint, trained_on
 from carcli.data.layouts import Sample
 from carcli.data.taxonomy import FINE
 from carcli.device import resolve_device
 from carcli.errors import CarcliError, UsageError
 from carcli.evaluate import Predictions, predict_samples, topk_accuracy
 from carcli.files import check_output_file
+from carcli.usage import check_ensemble
 
-METHODS = ("mean", "weighted", "greedy")
 GREEDY_ROUNDS = 20  # Caruana-style selections with replacement; the best prefix is kept
 MIN_WEIGHT = 1e-3  # fitted weights below this are dropped (and the member left out of the file)
 EPS = 1e-12
@@ -219,21 +219,19 @@ def _ensemble_meta(
 
 def build_ensemble(
     checkpoints: Sequence[Path],
-    data: Path,
+    data: Path | None,
     method: str = "mean",
     out: Path = Path("ensemble.st"),
     progress: Callable[[str], None] | None = None,
 ) -> EnsembleResult:
     """Score the members on the evaluation split, fit their weights, write one `.st` and score it."""
-    if len(checkpoints) < 2:
-        raise UsageError("an ensemble needs two or more checkpoints")
-    if method not in METHODS:
-        raise UsageError(f"--method must be one of {', '.join(METHODS)}")
+    check_ensemble(checkpoints, data, method)
     if any(out.resolve() == c.resolve() for c in checkpoints):
         raise UsageError("-o would overwrite one of the members; choose another file")
     check_output_file(out, "-o")
     say = progress or (lambda message: None)
     models, metas = _load_members(checkpoints)
+    data = data or trained_on(metas[0], checkpoints[0])
     samples, class_names, split = eval_samples(metas[0], data, say)
     notes = _split_note(metas, data, samples)
     device = str(resolve_device("auto"))

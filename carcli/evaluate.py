@@ -32,21 +32,22 @@ from carcli.calibration import (
     temperatures_of,
     tempered,
 )
+from carcli.checkpoint import trained_on
 from carcli.data.images import ImageDataset, find_unreadable
 from carcli.data.layouts import DataSet, Sample
-from carcli.data.splits import EVAL_SPLITS, align_labels, sample_targets, split_samples
+from carcli.data.splits import align_labels, sample_targets, split_samples
 from carcli.data.taxonomy import FINE, Taxonomy
 from carcli.deploy import OnnxModel, is_onnx
 from carcli.errors import CarcliError, UsageError
 from carcli.files import check_output_dir, check_output_file, write_text
 from carcli.metrics import hierarchy_consistency, most_confused, task_metrics, topk_accuracy, with_implied_tasks
 from carcli.plots import plot_confusion, plot_reliability, plot_top_losses
+from carcli.usage import check_eval
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
     from torch.utils.data import Dataset
 
-CROPS = ("cam",)
 TTA_CROP = 0.875  # the five TTA crops each cover this share of the side of a slightly larger resize
 MOST_CONFUSED_SHOWN = 20
 TOP_LOSSES = 24
@@ -311,14 +312,6 @@ class EvalResult:
     submission_top1: float | None = None  # the written submission, scored by `score_submission`
 
 
-def check_crop(crop: str | None, tta: bool = False) -> None:
-    """Refuse an unknown --crop, and --crop cam with --tta."""
-    if crop is not None and crop not in CROPS:
-        raise UsageError(f"--crop must be one of {', '.join(CROPS)}")
-    if crop and tta:
-        raise UsageError("--tta and --crop cam cannot be combined")
-
-
 def default_workers(images: int, batch_size: int) -> int:
     """Loader processes: none for a single batch, else half the cores (at most 8), as training on a CPU."""
     return 0 if images <= batch_size else min(8, (os.cpu_count() or 2) // 2)
@@ -360,11 +353,11 @@ def evaluate(
     """
     started = time.perf_counter()
     reporter = reporter or SilentStages()
-    _check_options(split, crop, tta, batch_size)
+    check_eval(checkpoint, data, split, crop, tta, batch_size, device)
     _check_outputs(out, submission)
     _check_model_options(checkpoint, crop, tta, calibrate, calibrated_out)
     model, meta, where = load_scorer(checkpoint, device)
-    data = data or _trained_on(meta, checkpoint)
+    data = data or trained_on(meta, checkpoint)
     dataset, samples, split = split_samples(meta, data, split)
     if calibrate and split != "val":
         raise UsageError(f"--calibrate fits on the val split; {data} has none to fit on (the {split} split is kept)")
@@ -416,14 +409,6 @@ def _check_outputs(out: Path | None, submission: Path | None) -> None:
         check_output_file(submission, "--submission")
 
 
-def _check_options(split: str | None, crop: str | None, tta: bool, batch_size: int) -> None:
-    if split is not None and split not in EVAL_SPLITS:
-        raise UsageError(f"--split must be one of {', '.join(EVAL_SPLITS)}")
-    if batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
-    check_crop(crop, tta)
-
-
 def _check_model_options(
     checkpoint: Path, crop: str | None, tta: bool, calibrate: bool, calibrated_out: Path | None
 ) -> None:
@@ -435,13 +420,6 @@ def _check_model_options(
         raise UsageError("-o names the calibrated checkpoint to write: give --calibrate too")
     if calibrated_out is not None and calibrated_out.suffix != ".st":
         raise UsageError("-o: the calibrated checkpoint is a .st file")
-
-
-def _trained_on(meta: dict[str, Any], checkpoint: Path) -> Path:
-    root = (meta.get("data") or {}).get("root") or (meta.get("train") or {}).get("data")
-    if not root:
-        raise UsageError(f"{checkpoint} does not record its training data; pass --data DIR")
-    return Path(root)
 
 
 def _run(

@@ -165,18 +165,25 @@ def cam_crop_probs(
 
 
 def overlay(img: Image.Image, heat: Tensor, caption: str) -> Image.Image:
-    """The heat map (H, W in [0, 1]) over `img` with torchcam's colour overlay, and a caption strip below."""
+    """The heat map (H, W in [0, 1]) over `img` with torchcam's colour overlay, and a caption strip below.
+
+    The image is scaled (up or down) to DISPLAY_SIZE on its long side; the caption wraps onto as many
+    lines as it needs, so it is never cut off.
+    """
     from torchcam.utils import overlay_mask
 
-    img = img.copy()
-    img.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE))
+    scale = DISPLAY_SIZE / max(img.size)
+    img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BICUBIC)
     mask = Image.fromarray(heat.numpy().astype(np.float32), mode="F")
     blended = overlay_mask(img, mask, alpha=0.5)
-    font = ImageFont.load_default(size=max(11, blended.width // 32))
-    strip = int(font.size * 1.6)
-    sheet = Image.new("RGB", (blended.width, blended.height + strip), "white")
+    font = ImageFont.load_default(size=max(14, blended.width // 28))
+    margin, line_height = 6, round(font.size * 1.3)
+    lines = wrap_text(caption, font, blended.width - 2 * margin)
+    sheet = Image.new("RGB", (blended.width, blended.height + line_height * len(lines) + margin), "white")
     sheet.paste(blended, (0, 0))
-    ImageDraw.Draw(sheet).text((4, blended.height + strip * 0.2), caption, fill="black", font=font)
+    draw = ImageDraw.Draw(sheet)
+    for i, line in enumerate(lines):
+        draw.text((margin, blended.height + margin // 2 + i * line_height), line, fill="black", font=font)
     return sheet
 
 
@@ -184,6 +191,24 @@ def centre_view(photo: Image.Image) -> Image.Image:
     """The centre square of `photo`: the part the model saw, which the heat maps cover."""
     left, top, side = centre_square(*photo.size)
     return photo.crop((left, top, left + side, top + side))
+
+
+def wrap_text(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: float) -> list[str]:
+    """`text` in lines no wider than `width` pixels: broken between words, inside a word only when it must be."""
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and font.getlength(candidate) <= width:
+            lines[-1] = candidate
+            continue
+        while font.getlength(word) > width and len(word) > 1:
+            cut = 1
+            while cut < len(word) and font.getlength(word[: cut + 1]) <= width:
+                cut += 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        lines.append(word)
+    return lines or [""]
 
 
 @dataclass

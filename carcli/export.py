@@ -36,8 +36,8 @@ from carcli.deploy import EXTRA, INPUT_NAME, METADATA_KEY, export_info
 from carcli.ensemble import predicted_tasks
 from carcli.errors import CarcliError, UsageError
 from carcli.files import atomic_output, check_output_file
+from carcli.usage import EXPORT_FORMATS, check_export
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "openvino": ".xml"}
 QUANTIZE = ("int8",)
 EXPORT_BATCH = 2
 CHECK_BATCH = 3  # differs from EXPORT_BATCH, so the check also proves the batch axis is dynamic
@@ -147,8 +147,7 @@ def _check_request(
     checkpoint: Path, fmt: str, out: Path | None, quantize: str | None, data: Path | None, images: int
 ) -> Path:
     """Refuse what cannot work before any model is loaded; the output path."""
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
+    check_export(checkpoint, fmt)
     if quantize is not None:
         if quantize not in QUANTIZE:
             raise UsageError(f"--quantize must be one of {', '.join(QUANTIZE)}")
@@ -161,7 +160,7 @@ def _check_request(
     missing = [name for name in PACKAGES[fmt] if importlib.util.find_spec(name) is None]
     if missing:
         raise CarcliError(f"{fmt} export needs {', '.join(missing)}: {EXTRA}")
-    suffix = ".int8.onnx" if quantize else FORMATS[fmt]
+    suffix = ".int8.onnx" if quantize else EXPORT_FORMATS[fmt]
     out = out or checkpoint.with_name(checkpoint.stem + suffix)
     if out.resolve() == checkpoint.resolve():
         raise UsageError("-o would overwrite the checkpoint; choose another file")

@@ -21,7 +21,8 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
     epochs = [r["epoch"] for r in records]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
     loss_ax.plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
-    loss_ax.plot(epochs, [r["val_loss"] for r in records], "o-", label="val")
+    if records[0]["val_loss"] is not None:  # None: trained with --val-fraction 0, no validation
+        loss_ax.plot(epochs, [r["val_loss"] for r in records], "o-", label="val")
     loss_ax.set(title="loss", xlabel="epoch")
     acc_ax.plot(epochs, [100 * r["train_top1"] for r in records], "o--", label="model (train)")
     for task in records[0]["val_top1"]:

@@ -28,7 +28,6 @@ from carcli.evaluate import (
     SilentStages,
     StageReporter,
     batch_probs,
-    check_crop,
     default_workers,
     load_scorer,
     sample_probs,
@@ -36,7 +35,7 @@ from carcli.evaluate import (
 )
 from carcli.files import check_output_dir, check_output_file
 from carcli.metrics import with_implied_tasks
-from carcli.paths import RUNS_DIR
+from carcli.usage import check_predict, newest_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -70,16 +69,6 @@ class PredictResult:
     skipped: list[tuple[str, str]]  # (input, why)
     files: list[Path] = field(default_factory=list)  # the CSV and explanation images written
     seconds: float = 0.0
-
-
-def newest_checkpoint(runs_dir: Path = RUNS_DIR) -> Path:
-    """The most recently written best.st under `runs_dir`."""
-    found = list(runs_dir.glob("**/best.st")) if runs_dir.is_dir() else []
-    if not found:
-        raise CarcliError(
-            f"no --model given and no best.st under {runs_dir}/; train one with `carcli train` or pass --model FILE"
-        )
-    return max(found, key=lambda p: p.stat().st_mtime)
 
 
 def gather_images(inputs: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -173,13 +162,7 @@ def predict(
     """The `carcli predict` job: an answer for every readable image among `inputs`; the CSV and overlays asked for."""
     started = time.perf_counter()
     reporter = reporter or SilentStages()
-    if top_k < 1:
-        raise UsageError("--top-k must be at least 1")
-    if batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
-    if saliency and explain_dir is None:
-        raise UsageError("--saliency writes its maps beside the Grad-CAM ones: give --explain DIR too")
-    check_crop(crop)
+    check_predict(model_path, top_k, batch_size, explain_dir, saliency, crop, device)
     _check_outputs(csv_path, explain_dir)
     if model_path is None:
         model_path = newest_checkpoint()
@@ -191,7 +174,7 @@ def predict(
     for name, why in skipped:
         reporter.warn(f"skipped {name}: {why}")
     if not paths:
-        raise CarcliError(f"no readable images among the {len(inputs)} inputs given")
+        raise CarcliError("none of the inputs given is a readable image")
     samples = [Sample(path, 0, "test") for path in paths]
     workers = default_workers(len(samples), batch_size) if workers is None else workers
     run = {"batch_size": batch_size, "device": torch_device, "workers": workers}

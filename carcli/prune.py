@@ -22,16 +22,16 @@ import torch
 from torch import Tensor, nn
 
 from carcli.bench import count_parameters, eval_samples, latency_ms, top1_per_task
-from carcli.checkpoint import load_checkpoint, load_model, save_checkpoint
+from carcli.checkpoint import load_checkpoint, load_model, save_checkpoint, trained_on
 from carcli.device import resolve_device
 from carcli.errors import CarcliError, UsageError
 from carcli.files import check_output_file, write_bytes
+from carcli.usage import check_prune
 
 if TYPE_CHECKING:
     from carcli.data.layouts import Sample
     from carcli.train import Reporter
 
-METHODS = ("magnitude", "channel")
 SWEEP_RATES = tuple(round(0.1 * i, 1) for i in range(1, 10))
 
 
@@ -204,15 +204,6 @@ def rebuild_structure(model: nn.Module, structure: dict[str, dict[str, Any]], st
 # ---------------------------------------------------------------- the command
 
 
-def _check(method: str, rate: float | None, finetune_epochs: int) -> None:
-    if method not in METHODS:
-        raise UsageError(f"--method must be one of {', '.join(METHODS)}")
-    if rate is not None and not 0 < rate < 1:
-        raise UsageError("--rate must be between 0 and 1 (the share of weights or channels to remove)")
-    if finetune_epochs < 0:
-        raise UsageError("--finetune-epochs must be 0 or more")
-
-
 def _load(checkpoint: Path) -> tuple[nn.Module, dict[str, Any]]:
     model, meta = load_model(checkpoint)
     if "members" in meta:
@@ -231,7 +222,7 @@ def _report(
 
 def prune_checkpoint(
     checkpoint: Path,
-    data: Path,
+    data: Path | None,
     method: str = "magnitude",
     rate: float = 0.5,
     finetune_epochs: int = 0,
@@ -239,13 +230,14 @@ def prune_checkpoint(
     reporter: Reporter | None = None,
 ) -> PruneResult:
     """Prune `checkpoint` at `rate`, fine-tune it when asked, write it to `out`, and measure both models."""
-    _check(method, rate, finetune_epochs)
+    check_prune(checkpoint, data, method, rate, finetune_epochs)
     out = out or checkpoint.with_name(f"{checkpoint.stem}-{method}{round(100 * rate)}.st")
     if out.resolve() == checkpoint.resolve():
         raise UsageError("-o would overwrite the checkpoint being pruned; choose another file")
     check_output_file(out, "-o", needed_bytes=checkpoint.stat().st_size if checkpoint.is_file() else 0)
     say = reporter.info if reporter else (lambda message: None)
     model, meta = _load(checkpoint)
+    data = data or trained_on(meta, checkpoint)
     samples, class_names, split = eval_samples(meta, data, say)
     device = str(resolve_device("auto"))
     say(f"scoring {checkpoint.name} on {len(samples)} {split} images")
@@ -301,19 +293,19 @@ def _finetune(
 
 def sweep(
     checkpoint: Path,
-    data: Path,
+    data: Path | None,
     method: str = "magnitude",
     out: Path | None = None,
     progress: Callable[[str], None] | None = None,
     rates: Sequence[float] = SWEEP_RATES,
 ) -> SweepResult:
     """Top-1 per task at each rate (0.1..0.9) and at 0, the model as it is; writes a CSV table and a PNG plot."""
-    _check(method, None, 0)
+    check_prune(checkpoint, data, method, None, 0)
     csv_path = out or checkpoint.with_name(f"{checkpoint.stem}-sweep-{method}.csv")
     png_path = csv_path.with_suffix(".png")
     check_output_file(csv_path, "-o")
     model, meta = _load(checkpoint)
-    samples, class_names, split = eval_samples(meta, data, progress)
+    samples, class_names, split = eval_samples(meta, data or trained_on(meta, checkpoint), progress)
     device = str(resolve_device("auto"))
     rates = [0.0, *rates]
     top1: dict[str, list[float]] = {}

@@ -72,6 +72,7 @@ from carcli.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
 from carcli.paths import RUNS_DIR, cache_home, data_home
 from carcli.plots import plot_curves
 from carcli.runstate import STATE_FILE, Progress, RunState, load_run_state, read_progress, save_run_state
+from carcli.tracking import check_logger
 
 DEFAULT_EPOCHS = 30
 DEFAULT_BATCH_SIZE = 32
@@ -81,7 +82,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BALANCES = ("none", "sampler", "weights")
 RUN_FILES = ("best.st", "last.st", "metrics.jsonl", STATE_FILE)
 RUN_FILE_COPIES = 6  # float32 copies of the weights a run folder holds: best, last, state (weights, EMA, 2 moments)
-RESUME_MAY_CHANGE = {"epochs", "workers", "device", "profile", "precision", "compile"}
+NO_VALIDATION: dict[str, Any] = {"loss": None, "top1": {}, "top5": {}}  # the val figures of a --val-fraction 0 run
+RESUME_MAY_CHANGE = {"epochs", "workers", "device", "profile", "precision", "compile", "log", "log_uri"}
 
 
 @dataclass
@@ -144,6 +146,8 @@ class TrainConfig:
     workers: int | None = None
     tensorboard: bool = False
     allow_large_images: bool = False  # --img-size over limits.MAX_IMG_SIZE
+    log: str = "none"  # experiment tracking: none, mlflow or wandb (carcli.tracking)
+    log_uri: str | None = None  # the MLflow tracking URI or W&B server (default: local)
 
     @property
     def augment_parts(self) -> Augment:
@@ -201,6 +205,7 @@ class TrainResult:
     seconds: float
     records: list[dict[str, Any]]
     stopped_early: bool = False
+    hints: list[str] = field(default_factory=list)  # what to do next, as lines for the user
 
 
 class Reporter(Protocol):
@@ -282,6 +287,7 @@ def _train(
     if not ddp.main:
         reporter = SilentReporter()
     device = resolve_device(config.device, ddp.local_rank if ddp.world > 1 else None)
+    spec = get_arch(config.arch)  # an unknown arch is a usage error: before any notice about the data
     with _main_first(ddp):
         dataset = _load_data(config, reporter)
     _resolve_defaults(config, dataset, device, ddp)
@@ -293,7 +299,6 @@ def _train(
 
     _seed_everything(config.seed + ddp.rank)
     _share_cores(device, config.workers or 0, ddp)
-    spec = get_arch(config.arch)
     if model is None:
         model = create_model(config.arch, config.head, tasks, config.pretrained, config.drop_rate)
     if config.weights and not resume:
@@ -307,7 +312,7 @@ def _train(
     parameters = sum(p.numel() for p in model.parameters())
     run_dir = Path(config.out or "") if resume else _make_run_dir(config, ddp, parameters)
     state = load_run_state(run_dir) if resume else None
-    train_samples, val_samples = _readable_splits(dataset, run_dir, reporter, ddp)
+    train_samples, val_samples = _readable_splits(dataset, run_dir, reporter, ddp, config.val_fraction == 0)
 
     img_size = config.img_size or spec.img_size
     feed = _feed(config, train_samples, val_samples, img_size, spec.mean, spec.std, device, reporter, ddp)
@@ -388,8 +393,12 @@ def _train(
             record = None
             if ddp.main:
                 evaluated = ema.module if ema is not None else model
-                val_stats = validate(
-                    evaluated, val_loader, fine_to, device, autocast_dtype, config.channels_last, feed.prepare_val
+                val_stats = (
+                    validate(
+                        evaluated, val_loader, fine_to, device, autocast_dtype, config.channels_last, feed.prepare_val
+                    )
+                    if val_samples
+                    else NO_VALIDATION
                 )
                 record = _epoch_record(epoch, train_stats, val_stats, time.perf_counter() - epoch_start)
                 if config.profile:
@@ -406,10 +415,29 @@ def _train(
         writer.close()
     seconds = time.perf_counter() - started
     images_per_s = float(np.mean([r["images_per_s"] for r in records])) if records else 0.0
-    return TrainResult(
+    result = TrainResult(
         run_dir, progress.best_epoch, progress.best_top1, config.epochs, parameters, images_per_s, seconds, records,
         stopped_early,
     )  # fmt: skip
+    result.hints = next_steps(config, result, Path(dataset.root).resolve() == (data_home() / demo.DEMO_NAME).resolve())
+    return result
+
+
+LOW_SCRATCH_TOP1 = 0.5  # below this fine top-1, a from-scratch run on real data gets the pretrained-weights hint
+
+
+def next_steps(config: TrainConfig, result: TrainResult, on_demo: bool) -> list[str]:
+    """The commands to run on this run's checkpoint; advice when a from-scratch run on real data scored low."""
+    best = result.run_dir / "best.st"
+    hints = [f"next: carcli eval {best}", f"      carcli predict IMAGES... --model {best}"]
+    top1 = result.best_top1.get(FINE)
+    from_scratch = not (config.pretrained or config.weights)
+    if from_scratch and not on_demo and top1 is not None and top1 < LOW_SCRATCH_TOP1:
+        hints.append(
+            f"hint: {FINE} top-1 {100 * top1:.1f}% from random weights; fine-grained classes need ImageNet "
+            "features: add --pretrained (downloads timm's weights) or --weights FILE (docs/train.md)"
+        )
+    return hints
 
 
 def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
@@ -559,6 +587,7 @@ def _check_config(config: TrainConfig) -> None:
         if not ok:
             raise UsageError(message)
     check_img_size(config.img_size, config.allow_large_images)
+    check_logger(config.log, config.log_uri)
 
 
 def _check_loss_weights(weights: dict[str, float], head: str, tasks: dict[str, int]) -> None:
@@ -594,11 +623,20 @@ def _make_run_dir(config: TrainConfig, ddp: Dist, parameters: int) -> Path:
 
 
 def _readable_splits(
-    dataset: DataSet, run_dir: Path, reporter: Reporter, ddp: Dist
+    dataset: DataSet, run_dir: Path, reporter: Reporter, ddp: Dist, everything: bool = False
 ) -> tuple[list[Sample], list[Sample]]:
-    """Train and eval samples without the files that cannot be decoded (listed in unreadable.txt)."""
+    """Train and eval samples without the files that cannot be decoded (listed in unreadable.txt).
+
+    `everything` (--val-fraction 0): every train and val image is for training and none for validation.
+    """
     train_samples, val_samples = dataset.split("train"), dataset.split(dataset.eval_split)
-    if dataset.eval_split == "train":
+    if everything:
+        train_samples, val_samples = dataset.split("train") + dataset.split("val"), []
+        reporter.info(
+            f"--val-fraction 0: training on all {len(train_samples)} train and val images, without validation; "
+            "best.st is a copy of last.st (the last epoch)"
+        )
+    elif dataset.eval_split == "train":
         raise CarcliError(f"{dataset.root} gives no images to validate on; lower classes or raise --val-fraction")
     bad = set(find_unreadable([s.path for s in train_samples + val_samples]))
     if bad:
@@ -608,7 +646,7 @@ def _readable_splits(
         reporter.warn(f"skipped {len(bad)} unreadable images; list written to {listing}")
         train_samples = [s for s in train_samples if s.path not in bad]
         val_samples = [s for s in val_samples if s.path not in bad]
-    if not train_samples or not val_samples:
+    if not train_samples or not (val_samples or everything):
         raise CarcliError(f"{dataset.root}: no readable images left in the train or validation split")
     return train_samples, val_samples
 
@@ -707,8 +745,8 @@ def _feed(
     with _main_first(ddp):
         train_store, val_store = (
             _store(samples, store_side(img_size, training), crop, device, reporter)
-            for samples, training in ((train_samples, True), (val_samples, False))
-        )
+            for samples, training in ((train_samples, True), (val_samples or train_samples[:1], False))
+        )  # --val-fraction 0: a one-image placeholder val store that is never read
     val_feed = PackedDataset(val_store), BatchAugment(img_size, mean, std, None, device)
     if batchable(augment):
         on_device = BatchAugment(img_size, mean, std, augment, device, config.seed + ddp.rank)
@@ -1089,7 +1127,9 @@ def _epoch_record(epoch: int, train_stats: dict[str, float], val_stats: dict[str
 
 
 def _update_best(progress: Progress, record: dict[str, Any]) -> None:
-    if not progress.best_top1 or record["val_top1"][FINE] > progress.best_top1[FINE]:
+    if not record["val_top1"]:  # no validation: the latest epoch is the best one
+        progress.best_top1, progress.best_epoch, progress.stale_epochs = {}, record["epoch"], 0
+    elif not progress.best_top1 or record["val_top1"][FINE] > progress.best_top1[FINE]:
         progress.best_top1, progress.best_epoch, progress.stale_epochs = dict(record["val_top1"]), record["epoch"], 0
     else:
         progress.stale_epochs += 1
@@ -1121,13 +1161,13 @@ def _write_epoch_files(
     if progress.best_epoch == record["epoch"]:
         save_checkpoint(run_dir / "best.st", state, {**meta_base, "metrics": metrics})
     if writer is not None:
-        for name, value in _flat(record).items():
-            if name != "epoch":
+        for name, value in flat_record(record).items():
+            if name != "epoch" and value is not None:
                 writer.add_scalar(name.replace("_", "/", 1), value, record["epoch"])  # train/loss, val/top1/model
         writer.flush()
 
 
-def _flat(record: dict[str, Any]) -> dict[str, float]:
+def flat_record(record: dict[str, Any]) -> dict[str, float]:
     """One level: val_top1 {"model": x} -> val_top1_model."""
     flat: dict[str, float] = {}
     for key, value in record.items():
@@ -1139,7 +1179,7 @@ def _flat(record: dict[str, Any]) -> dict[str, float]:
 
 
 def _write_csv(path: Path, records: list[dict[str, Any]]) -> None:
-    rows = [_flat(r) for r in records]
+    rows = [flat_record(r) for r in records]
     buffer = io.StringIO()
     columns = list(dict.fromkeys(key for row in rows for key in row))  # --profile may join on resume
     out = csv.DictWriter(buffer, fieldnames=columns)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from carcli.bench import bench, count_flops, count_parameters
+from carcli import bench as bench_module
+from carcli.bench import bench, count_flops, count_parameters, physical_cores
 from carcli.cli import app
 from carcli.models.registry import count_parameters as registry_parameters
 
@@ -50,3 +53,20 @@ def test_bench_of_a_checkpoint_on_the_command_line(untrained_members):
 def test_checkpoint_or_arch(args, words):
     result = runner.invoke(app, ["bench", *args])
     assert result.exit_code == 2 and words in result.output
+
+
+def test_threads_default_to_one_for_latency_and_the_cores_for_throughput():
+    result = bench(arch="ghostnet", img_size=32, device="cpu")
+    assert (result.latency_threads, result.throughput_threads) == (1, physical_cores())
+    assert "latency, batch 1 (cpu, 1 thread)" in dict(result.rows())
+    pinned = bench(arch="ghostnet", img_size=32, device="cpu", threads=2)
+    assert (pinned.latency_threads, pinned.throughput_threads) == (2, 2)
+    assert 1 <= physical_cores() <= (os.cpu_count() or 1)
+
+
+def test_a_wide_spread_of_timings_is_a_warning(monkeypatch):
+    monkeypatch.setattr(bench_module, "_time", lambda model, images, threads, budget: (0.01, 0.4))
+    result = bench(arch="ghostnet", img_size=32, device="cpu")
+    assert len(result.warnings) == 2 and "spread by 40%" in result.warnings[0]
+    monkeypatch.setattr(bench_module, "_time", lambda model, images, threads, budget: (0.01, 0.05))
+    assert bench(arch="ghostnet", img_size=32, device="cpu").warnings == []

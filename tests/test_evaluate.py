@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from conftest import SHARED, SMALL_CLASSES, real_class_names, real_photos_by_class
+from conftest import SHARED, SMALL_CLASSES, need_real_photos, real_class_names, real_photos_by_class
 from PIL import Image
 
 from carcli.checkpoint import load_model
@@ -275,6 +275,7 @@ def test_eval_crop_cam_reports_the_gain_over_one_pass(trained_checkpoint, real_f
 
 
 def test_the_devkit_perfect_predictions_score_100_percent(tmp_path):
+    need_real_photos(DEVKIT)
     classes = annotation_classes(DEVKIT / "cars_train_annos.mat")
     assert len(classes) == 8144
     assert score_submission(DEVKIT / "train_perfect_preds.txt", classes) == 1.0

@@ -14,7 +14,7 @@ from carcli.cli import app
 from carcli.data.layouts import Sample
 from carcli.data.taxonomy import Taxonomy
 from carcli.evaluate import sample_probs
-from carcli.explain import cam_box, cam_crop_probs, cam_maps, grad_cam, saliency_maps
+from carcli.explain import DISPLAY_SIZE, cam_box, cam_crop_probs, cam_maps, grad_cam, overlay, saliency_maps, wrap_text
 from carcli.models.registry import create_model, list_archs
 
 BIG_ARCHS = ("resnext50", "wide_resnet50", "densenet121", "inception_v3")  # seconds each just to build
@@ -94,11 +94,23 @@ def test_predict_explain_writes_an_overlay_per_image(trained_checkpoint, real_fo
     assert len(result.stdout.splitlines()) == 2
     names = sorted(p.name for p in out.iterdir())
     assert names == ["car-2.gradcam.png", "car-2.saliency.png", "car.gradcam.png", "car.saliency.png"]
-    sides = {"car": min(Image.open(photos[0]).size), "car-2": min(Image.open(photos[1]).size)}
     for path in out.iterdir():
         with Image.open(path) as img:
             pixels = np.asarray(img.convert("RGB"), dtype=np.float32)
         height, width = pixels.shape[:2]
-        assert width == sides[path.name.split(".")[0]]  # the centre square the model saw ...
-        assert width + 10 < height < width + 40  # ... and a caption strip below it
+        assert width == DISPLAY_SIZE  # the centre square the model saw, at a useful size ...
+        assert width + 14 < height < width + 120  # ... and a caption strip below it
         assert pixels.std() > 20
+
+
+def test_overlays_are_448_px_and_the_caption_wraps_whole():
+    from PIL import ImageFont
+
+    caption = "gradcam: Mercedes-Benz Sprinter Cargo Van 2012 (87.5%) Volkswagen-Golf-Hatchback-2012-extra-long-name"
+    sheet = overlay(Image.new("RGB", (160, 177), "gray"), torch.rand(7, 7), caption)
+    assert max(sheet.size) >= DISPLAY_SIZE >= 448  # a 160 x 177 photo is scaled up, not left small
+    font = ImageFont.load_default(size=max(14, 405 // 28))
+    lines = wrap_text(caption, font, 405 - 12)
+    assert len(lines) >= 2 and "".join(lines).replace(" ", "") == caption.replace(" ", "")
+    assert all(font.getlength(line) <= 405 - 12 for line in lines)
+    assert sheet.height > 448 + len(lines) * font.size  # a strip tall enough for every line

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import STANFORD_CARS
+from conftest import need_real_photos
 from PIL import Image
 
 from carcli.data.images import find_unreadable, open_rgb
@@ -43,7 +43,7 @@ def test_large_jpeg_is_decoded_at_reduced_scale(tmp_path):
 
 
 def test_find_unreadable_names_exactly_the_broken_files(tmp_path):
-    real = sorted((STANFORD_CARS / "cars_train").glob("*.jpg"))[:3]
+    real = sorted((need_real_photos() / "cars_train").glob("*.jpg"))[:3]
     assert len(real) == 3
     truncated, garbage, missing = tmp_path / "cut.jpg", tmp_path / "text.jpg", tmp_path / "gone.jpg"
     truncated.write_bytes(real[0].read_bytes()[:500])

@@ -9,18 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from conftest import need_real_photos
 from PIL import Image
 
 from carcli.data.layouts import DataSet, Sample, detect_layout, load_dataset
 from carcli.errors import CarcliError, UsageError
 
-STANFORD_CARS = Path(__file__).resolve().parents[2] / "shared" / "data" / "stanford_cars"
 ANNO_FIELDS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")
 
 
 @pytest.fixture(scope="module")
 def real_root() -> Path:
-    return STANFORD_CARS
+    return need_real_photos()
 
 
 def _image(path: Path, color: tuple[int, int, int] = (200, 30, 30)) -> Path:

@@ -17,7 +17,7 @@ from carcli.data.layouts import DataSet, Sample, load_dataset
 from carcli.data.taxonomy import FINE, Taxonomy
 from carcli.errors import CarcliError
 
-EVAL_SPLITS = ("val", "test")
+EVAL_SPLITS = ("val", "test")  # the held-out splits; `all` (every labelled image) is asked for by name
 
 
 def split_samples(meta: dict[str, Any], data: Path, split: str | None) -> tuple[DataSet, list[Sample], str]:
@@ -25,8 +25,10 @@ def split_samples(meta: dict[str, Any], data: Path, split: str | None) -> tuple[
     train = meta.get("train") or {}
     dataset = load_dataset(Path(data), float(train.get("val_fraction", 0.2)), int(train.get("seed", 0)))
     name = split or dataset.eval_split
+    if name == "all":
+        return dataset, list(dataset.samples), name
     if name not in EVAL_SPLITS:
-        raise CarcliError(f"{data} has no val or test images to evaluate on (raise the training --val-fraction?)")
+        raise CarcliError(f"{data} has no val or test images to evaluate on; --split all scores every labelled image")
     samples = dataset.split(name)
     if not samples:
         present = sorted({s.split for s in dataset.samples})
