@@ -137,13 +137,16 @@ def fetch_data(
     render_fetch_result(result)
 
 
-def with_train_options(*exclude: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Give a command every `carcli train` option (from carcli.train_config) in place of its `**options`."""
+def with_train_options(*exclude: str, own_first: bool = False) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command every `carcli train` option (from carcli.train_config) in place of its `**options`;
+    its own options come after them in the help, or first with `own_first`."""
 
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
         params = inspect.signature(command, eval_str=True).parameters.values()
         own = [p.replace(kind=p.KEYWORD_ONLY) for p in params if p.kind != p.VAR_KEYWORD]
-        command.__signature__ = inspect.Signature([*cli_options(exclude), *own])  # type: ignore[attr-defined]
+        shared = cli_options(exclude)
+        ordered = [*own, *shared] if own_first else [*shared, *own]
+        command.__signature__ = inspect.Signature(ordered)  # type: ignore[attr-defined]
         return command
 
     return decorate
@@ -369,7 +372,7 @@ TUNE = "Search"
 
 
 @app.command()
-@with_train_options("out")
+@with_train_options("out", own_first=True)
 def tune(
     trials: Annotated[
         int, typer.Option(help="The study's total of finished trials (a rerun adds up to it).", rich_help_panel=TUNE)
@@ -397,7 +400,7 @@ def tune(
     ] = "model",
     config: Annotated[
         Path | None,
-        typer.Option(help="TOML or YAML file setting any train option; flags override it.", rich_help_panel="Run"),
+        typer.Option(help="TOML or YAML file of fixed train options; flags override it.", rich_help_panel=TUNE),
     ] = None,
     **options: Any,
 ) -> None:

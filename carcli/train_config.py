@@ -287,7 +287,7 @@ def cli_options(exclude: tuple[str, ...] = ()) -> list[inspect.Parameter]:
             info = typer.Option(f"{flag}/--no-{flag[2:]}", help=spec.help, rich_help_panel=spec.panel, metavar="")
         else:
             listed = "|".join(spec.choices)
-            metavar = (listed if len(listed) <= 20 else "<choice>") if spec.choices else None
+            metavar = (listed if len(listed) <= 14 else "<choice>") if spec.choices else None
             info = typer.Option(flag, help=spec.help, rich_help_panel=spec.panel, metavar=metavar)
         annotation = Annotated[kind | None, info]  # type: ignore[valid-type]
         params.append(inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
