@@ -231,9 +231,11 @@ def test_two_processes_share_one_postgresql_study(tiny_set, tmp_path, postgres_u
     assert [proc.returncode for proc in procs] == [0, 0], outputs
     ran = [sorted(p.name for p in (tmp_path / name / "tune" / "trials").iterdir()) for name in ("a", "b")]
     assert sorted(ran[0] + ran[1]) == ["000", "001", "002", "003"]  # every trial once, shared between both
-    rows = _rows(tmp_path / "a" / "tune")
-    assert sorted(int(r["number"]) for r in rows) == [0, 1, 2, 3]
-    assert {r["state"] for r in rows} == {"complete"}
+    import optuna
+
+    study = optuna.load_study(study_name="shared", storage=postgres_url.replace("postgresql:", "postgresql+psycopg2:"))
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert {t.state.name for t in study.trials} == {"COMPLETE"}
 
 
 def test_from_cli_keeps_unset_options_unset():
