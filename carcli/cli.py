@@ -7,8 +7,10 @@ non-zero exit (2 for usage, 1 for run time); `CARCLI_DEBUG=1` shows the tracebac
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +25,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 from carcli import __version__, usage
 from carcli.console import print_error, print_info, print_stopped, render_table
 from carcli.errors import CarcliError, Interrupted, UsageError, fault, one_line
+from carcli.train_config import cli_options
 
 
 class CarcliGroup(TyperGroup):
@@ -141,155 +144,50 @@ def fetch_data(
     render_fetch_result(result)
 
 
-DATA, MODEL, OPTIM, AUG, LOSS, RUN = "Data", "Model", "Optimisation", "Augmentation", "Loss", "Run"
+def with_train_options(*exclude: str, own_first: bool = False) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command every `carcli train` option (from carcli.train_config) in place of its `**options`;
+    its own options come after them in the help, or first with `own_first`."""
 
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        params = inspect.signature(command, eval_str=True).parameters.values()
+        own = [p.replace(kind=p.KEYWORD_ONLY) for p in params if p.kind != p.VAR_KEYWORD]
+        shared = cli_options(exclude)
+        ordered = [*own, *shared] if own_first else [*shared, *own]
+        command.__signature__ = inspect.Signature(ordered)  # type: ignore[attr-defined]
+        return command
 
-def _opt(help_text: str, panel: str, *names: str) -> Any:
-    return typer.Option(*names, help=help_text, rich_help_panel=panel)
+    return decorate
 
 
 @app.command()
+@with_train_options()
 def train(
-    ctx: typer.Context,
-    data: Annotated[
-        Path | None, _opt("Data set root (devkit, class folders or CSV). Default: the demo set.", DATA)
+    config: Annotated[
+        Path | None,
+        typer.Option(help="TOML or YAML file setting any option; flags override it.", rich_help_panel="Run"),
     ] = None,
-    val_fraction: Annotated[
-        float | None, _opt("Validation share when the data set has no val/test split (default 0.2).", DATA)
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run in this folder exactly where it stopped.", rich_help_panel="Run"),
     ] = None,
-    crop_to_bbox: Annotated[
-        bool | None,
-        _opt("Crop images to their bounding boxes (devkit data).", DATA, "--crop-to-bbox/--no-crop-to-bbox"),
-    ] = None,
-    bbox_margin: Annotated[float | None, _opt("Box margin, share of its size (default 0.1).", DATA)] = None,
-    cache: Annotated[
-        bool | None,
-        _opt(
-            "Decode and resize the images once into a memory-mapped store; augment batches on the device.",
-            DATA,
-            "--cache/--no-cache",
-        ),
-    ] = None,
-    img_size: Annotated[int | None, _opt("Square input size, e.g. 224, 448 (default: the arch's).", DATA)] = None,
-    arch: Annotated[
-        str | None, _opt("Backbone: a name from `carcli archs`, timm:NAME or tv:NAME (default ghostnet).", MODEL)
-    ] = None,
-    head: Annotated[str | None, _opt("Head: linear, mtl (make/type priors), mtl-aux (default linear).", MODEL)] = None,
-    drop_rate: Annotated[float | None, _opt("Dropout before the classifiers (default 0).", MODEL)] = None,
-    weights: Annotated[Path | None, _opt("Local backbone weights (.pth/.safetensors) to start from.", MODEL)] = None,
-    pretrained: Annotated[
-        bool | None,
-        _opt("Start from the library's pretrained weights (network).", MODEL, "--pretrained/--no-pretrained"),
-    ] = None,
-    freeze_backbone: Annotated[
-        bool | None, _opt("Train the head only (frozen features).", MODEL, "--freeze-backbone/--no-freeze-backbone")
-    ] = None,
-    unfreeze_after: Annotated[
-        int | None, _opt("Staged fine-tuning: head only for N epochs, then all (default 0).", MODEL)
-    ] = None,
-    epochs: Annotated[int | None, _opt("Epochs (default 30; the demo set: its own).", OPTIM)] = None,
-    batch_size: Annotated[int | None, _opt("Images per step (default 32).", OPTIM)] = None,
-    accum_steps: Annotated[int | None, _opt("Batches per optimizer update (default 1).", OPTIM)] = None,
-    lr: Annotated[float | None, _opt("Peak learning rate (default 1e-3 AdamW, 0.05 SGD).", OPTIM)] = None,
-    backbone_lr_scale: Annotated[float | None, _opt("Backbone lr = lr x this (default 1).", OPTIM)] = None,
-    optimizer: Annotated[str | None, _opt("adamw or sgd (Nesterov) (default adamw).", OPTIM)] = None,
-    weight_decay: Annotated[float | None, _opt("Weight decay, not on biases/norms (default 0.05).", OPTIM)] = None,
-    momentum: Annotated[float | None, _opt("SGD momentum (default 0.9).", OPTIM)] = None,
-    schedule: Annotated[str | None, _opt("cosine, multistep, exponential or onecycle (default cosine).", OPTIM)] = None,
-    warmup_epochs: Annotated[
-        float | None, _opt("Linear warmup epochs (onecycle: its rising phase) (default 1).", OPTIM)
-    ] = None,
-    milestones: Annotated[str | None, _opt("multistep: epochs where lr drops, e.g. '20,30'.", OPTIM)] = None,
-    gamma: Annotated[
-        float | None, _opt("multistep: drop factor [0.1]; exponential: per-epoch factor (default 0.9).", OPTIM)
-    ] = None,
-    ema: Annotated[
-        bool | None, _opt("Keep an EMA of the weights; evaluate and save it.", OPTIM, "--ema/--no-ema")
-    ] = None,
-    ema_decay: Annotated[float | None, _opt("EMA decay per update (default 0.999).", OPTIM)] = None,
-    patience: Annotated[int | None, _opt("Early stop after N epochs without a better top-1 (0: off).", OPTIM)] = None,
-    clip_grad: Annotated[float | None, _opt("Clip the gradient norm to this (0: off).", OPTIM)] = None,
-    loss: Annotated[str | None, _opt("ce, or cot (cross-entropy + complement entropy) (default ce).", LOSS)] = None,
-    label_smoothing: Annotated[float | None, _opt("Label smoothing of every task's loss (default 0.1).", LOSS)] = None,
-    loss_weights: Annotated[str | None, _opt("Per-task loss weights, e.g. 'make=0.5,type=0.5,year=0.2'.", LOSS)] = None,
-    balance: Annotated[
-        str | None, _opt("Class imbalance: none, sampler (balanced batches) or weights (loss).", LOSS)
-    ] = None,
-    augment: Annotated[str | None, _opt("Preset: none, light, standard or strong (default standard).", AUG)] = None,
-    crop_scale: Annotated[float | None, _opt("Smallest area share of the random resized crop.", AUG)] = None,
-    hflip: Annotated[bool | None, _opt("Random horizontal flips.", AUG, "--hflip/--no-hflip")] = None,
-    affine_degrees: Annotated[float | None, _opt("Random affine: rotation degrees.", AUG)] = None,
-    affine_translate: Annotated[float | None, _opt("Random affine: translation share.", AUG)] = None,
-    affine_scale: Annotated[float | None, _opt("Random affine: +- scale share.", AUG)] = None,
-    affine_shear: Annotated[float | None, _opt("Random affine: shear degrees.", AUG)] = None,
-    color_jitter: Annotated[float | None, _opt("Brightness/contrast/saturation jitter.", AUG)] = None,
-    grayscale: Annotated[float | None, _opt("Probability of a grayscale image.", AUG)] = None,
-    auto_augment: Annotated[str | None, _opt("none, randaugment or trivialaugment.", AUG)] = None,
-    random_erasing: Annotated[float | None, _opt("Probability of random erasing.", AUG)] = None,
-    mixup: Annotated[float | None, _opt("Mixup alpha (0: off).", AUG)] = None,
-    cutmix: Annotated[float | None, _opt("CutMix alpha (0: off).", AUG)] = None,
-    config: Annotated[Path | None, _opt("TOML or YAML file setting any option; flags override it.", RUN)] = None,
-    resume: Annotated[Path | None, _opt("Continue the run in this folder exactly where it stopped.", RUN)] = None,
-    out: Annotated[Path | None, _opt("Run folder (default runs/<time>-<arch>-<head>).", RUN)] = None,
-    device: Annotated[str | None, _opt("auto, cpu or cuda (default auto).", RUN)] = None,
-    seed: Annotated[int | None, _opt("Seed for splits, initialisation and augmentation (default 0).", RUN)] = None,
-    workers: Annotated[
-        int | None, _opt("Loader processes (default: GPU: cores, CPU: half the cores; max 8).", RUN)
-    ] = None,
-    channels_last: Annotated[
-        bool | None,
-        _opt("channels_last (NHWC) memory format (default on).", RUN, "--channels-last/--no-channels-last"),
-    ] = None,
-    compile: Annotated[
-        bool | None,
-        _opt("torch.compile the model (default: on with CUDA, off on CPUs).", RUN, "--compile/--no-compile"),
-    ] = None,
-    precision: Annotated[
-        str | None,
-        _opt(
-            "auto, fp32, bf16 or fp16 (default auto: bf16/fp16 autocast on GPUs; on CPUs bf16 for nets without "
-            "depthwise convolutions when the CPU has bf16 instructions, else fp32).",
-            RUN,
-        ),
-    ] = None,
-    tensorboard: Annotated[
-        bool | None, _opt("Also log to TensorBoard (run folder/tensorboard).", RUN, "--tensorboard/--no-tensorboard")
-    ] = None,
-    profile: Annotated[
-        bool | None,
-        _opt("Print where each step's time goes: loader wait, preparation, compute.", RUN, "--profile/--no-profile"),
-    ] = None,
-    allow_large_images: Annotated[
-        bool | None, _opt("Allow --img-size over 2048 (memory grows with its square).", DATA, "--allow-large-images")
-    ] = None,
-    log: Annotated[
-        str | None,
-        _opt("Track the run: none, mlflow (SQLite store in the runs folder) or wandb (offline unless logged in).", RUN),
-    ] = None,
-    log_uri: Annotated[str | None, _opt("--log mlflow: tracking URI or server; --log wandb: W&B server URL.", RUN)] = (
-        None
-    ),
+    **options: Any,
 ) -> None:
     """Train a classifier and write safetensors checkpoints (best.st, last.st) to a run folder."""
-    from carcli.console import RichReporter, render_train_summary
-    from carcli.tracking import tracking
-    from carcli.train import make_config, parse_loss_weights, parse_milestones, resume_config
-    from carcli.train import train as run_training
+    from carcli.train_config import from_cli, make_config
 
-    options = {k: v for k, v in ctx.params.items() if k not in ("config", "resume")}
-    options.update(
-        data=str(data) if data else None,
-        weights=str(weights) if weights else None,
-        out=str(out) if out else None,
-        loss_weights=parse_loss_weights(loss_weights) if loss_weights else None,
-        milestones=parse_milestones(milestones) if milestones else None,
-    )
+    options = from_cli(options)
     if resume and config:
         raise UsageError("--resume continues a run with its saved configuration; --config cannot change it")
+    if not resume:
+        run_config = make_config(options, config)  # checked here, before torch is imported
+    from carcli.console import RichReporter, render_train_summary
+    from carcli.train import resume_config
+    from carcli.train import train as run_training
+
     if resume:
         run_config = resume_config(resume, {k: v for k, v in options.items() if v is not None})
-    else:
-        run_config = make_config(options, config)
+    from carcli.tracking import tracking
+
     with RichReporter() as reporter, tracking(run_config, reporter) as tracked:
         result = run_training(run_config, tracked, resume=resume is not None)
     if result.records:
@@ -538,3 +436,51 @@ def serve(
         raise typer.Exit(130) from None
     print_info(f"stopped after {stats.requests} requests ({stats.images} images in {stats.batches} batches)")
     raise typer.Exit(130)
+
+
+TUNE = "Search"
+
+
+@app.command()
+@with_train_options("out", own_first=True)
+def tune(
+    trials: Annotated[
+        int, typer.Option(help="The study's total of finished trials (a rerun adds up to it).", rich_help_panel=TUNE)
+    ],
+    space: Annotated[
+        Path | None,
+        typer.Option(help="TOML search space (default: one for fine-tuning or from scratch).", rich_help_panel=TUNE),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Tune folder (default tunes/<time>-<arch>).", rich_help_panel=TUNE)
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Optuna RDB URL shared by many machines (default: SQLite in --out).", rich_help_panel=TUNE),
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (needed with --storage).", rich_help_panel=TUNE)] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Start no new trial after this many seconds.", rich_help_panel=TUNE)
+    ] = None,
+    pruner: Annotated[
+        str, typer.Option(help="median, hyperband or none: stop hopeless trials early.", rich_help_panel=TUNE)
+    ] = "median",
+    metric: Annotated[
+        str, typer.Option(help="Task whose validation top-1 is maximised (default model).", rich_help_panel=TUNE)
+    ] = "model",
+    config: Annotated[
+        Path | None,
+        typer.Option(help="TOML or YAML file of fixed train options; flags override it.", rich_help_panel=TUNE),
+    ] = None,
+    **options: Any,
+) -> None:
+    """Search training options with Optuna: each trial a real training run; resumable, on one machine or many."""
+    from carcli.console import TuneProgress, render_tune_result
+    from carcli.train_config import from_cli
+    from carcli.tune import TuneRequest
+    from carcli.tune import tune as run_tune
+
+    request = TuneRequest(from_cli(options), trials, config, space, out, storage, study, timeout, pruner, metric)
+    with TuneProgress() as reporter:
+        result = run_tune(request, reporter)
+    render_tune_result(result)

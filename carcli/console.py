@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich import filesize
 from rich.console import Console
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from carcli.evaluate import EvalResult
     from carcli.predict import PredictResult
     from carcli.train import TrainResult
+    from carcli.tune import TuneResult
+    from carcli.tune_files import TrialRow as TuneRow
 
 console = Console()
 err_console = Console(stderr=True)
@@ -67,39 +69,17 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-class RichReporter:
-    """Training progress: an overall bar for the run (ETA to the end) and a bar per epoch, then a validation line.
+class _Bars:
+    """A rich Progress, live only on a terminal, with info and warning lines printed above it."""
 
-    When stdout is not a terminal (a log file, `| tee`, CI) there are no live bars: a plain line
-    reports the running figures every 10 % of an epoch or 30 s, and each epoch ends with one line
-    that carries the training figures too, so logs stay readable and show that the run is alive.
-    """
-
-    PLAIN_EVERY_S = 30.0
-    PLAIN_EVERY_SHARE = 0.1
-
-    def __init__(self) -> None:
+    def __init__(self, fields: str, eta: bool = False) -> None:
         self.live = console.is_terminal
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-        )
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(fields)]
+        columns += [TimeElapsedColumn(), *((TextColumn("ETA"), TimeRemainingColumn()) if eta else ())]
+        self.progress = Progress(*columns, console=console)
         self.task_id: Any = None
-        self.run_id: Any = None
-        self.epochs = 0
-        self.epoch = 0
-        self.steps = 0
-        self.done = 0
-        self.plain_at = (0.0, 0)  # (time, step) of the last plain progress line
-        self.started = 0.0  # when the run's first epoch started
 
-    def __enter__(self) -> RichReporter:
+    def __enter__(self: _B) -> _B:
         if self.live:
             self.progress.start()
         return self
@@ -112,6 +92,31 @@ class RichReporter:
 
     def warn(self, message: str) -> None:
         self.progress.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+_B = TypeVar("_B", bound=_Bars)
+
+
+class RichReporter(_Bars):
+    """Training progress: an overall bar for the run (ETA to the end) and a bar per epoch, then a validation line.
+
+    When stdout is not a terminal (a log file, `| tee`, CI) there are no live bars: a plain line
+    reports the running figures every 10 % of an epoch or 30 s, and each epoch ends with one line
+    that carries the training figures too, so logs stay readable and show that the run is alive.
+    """
+
+    PLAIN_EVERY_S = 30.0
+    PLAIN_EVERY_SHARE = 0.1
+
+    def __init__(self) -> None:
+        super().__init__("{task.fields[stats]}", eta=True)
+        self.run_id: Any = None
+        self.epochs = 0
+        self.epoch = 0
+        self.steps = 0
+        self.done = 0
+        self.plain_at = (0.0, 0)  # (time, step) of the last plain progress line
+        self.started = 0.0  # when the run's first epoch started
 
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
         self.epochs, self.epoch, self.steps, self.done = epochs, epoch, steps, 0
@@ -412,3 +417,51 @@ def render_data_list(root: Path, infos: Sequence[DataSetInfo]) -> None:
     ]
     title = f"data sets in {root} (paths below it are relative)"
     render_table(title, ("name (kind)", "status", "images", "size", "path"), rows, left=(0, 4))
+
+
+class TuneProgress(_Bars):
+    """`carcli tune` progress: a bar over trials with the best value so far, and one line per finished trial."""
+
+    def __init__(self) -> None:
+        super().__init__("best {task.fields[best]}  {task.fields[now]}")
+
+    def start(self, total: int, finished: int, best: float | None) -> None:
+        self.task_id = self.progress.add_task("trials", total=total, completed=finished, best=_percent(best), now="")
+
+    def trial_start(self, number: int, params: dict[str, Any]) -> None:
+        self.progress.update(self.task_id, now=f"trial {number} training")
+
+    def epoch_end(self, number: int, record: dict[str, Any]) -> None:
+        top1 = _percent(record["val_top1"].get("model"))
+        self.progress.update(self.task_id, now=f"trial {number} epoch {record['epoch']}: {top1}")
+
+    def trial_end(self, row: TuneRow, best: float | None) -> None:
+        self.progress.update(self.task_id, advance=1 if row.counted else 0, best=_percent(best), now="")
+        values = ", ".join(f"{name} {_short(value)}" for name, value in row.params.items())
+        result = _percent(row.value) if row.value is not None else row.state
+        self.progress.console.print(
+            f"trial {row.number} {row.state} after {row.epochs} epochs: {result}  ({escape(values)})",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def render_tune_result(result: TuneResult, top: int = 5) -> None:
+    """The best trials of the study side by side (a column each, so it fits 80 columns), then the files."""
+    ranked = sorted((r for r in result.rows if r.value is not None), key=lambda r: -(r.value or 0.0))[:top]
+    params = list(dict.fromkeys(name for row in ranked for name in row.params))
+    rows = [
+        (f"{result.metric} top-1", *(_percent(r.value) for r in ranked)),
+        ("epochs", *(str(r.epochs) for r in ranked)),
+        *((name, *(_short(r.params.get(name, "-")) for r in ranked)) for name in params),
+    ]
+    finished = len(result.finished)
+    render_table(
+        f"best trials of {finished} ({result.ran} run now)", ("trial", *(f"#{r.number}" for r in ranked)), rows
+    )
+    console.print(f"study {escape(result.study)} in {escape(result.storage)}")
+    console.print("files: " + ", ".join(escape(str(path)) for path in result.files), soft_wrap=True)

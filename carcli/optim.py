@@ -44,7 +44,9 @@ def build_optimizer(
                 groups.append({"params": chosen, "lr": lr * scale, "weight_decay": weight_decay if decayed else 0.0})
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=lr, fused=True)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
 def build_scheduler(
@@ -57,6 +59,8 @@ def build_scheduler(
     gamma: float | None = None,
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """The named per-step schedule over `epochs * steps_per_epoch` steps."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
     total = max(1, epochs * steps_per_epoch)
     if name == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(

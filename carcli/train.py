@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 
 from carcli import __version__
 from carcli.checkpoint import save_checkpoint
-from carcli.config import apply_options, read_config_file
+from carcli.config import apply_options
 from carcli.data import demo
 from carcli.data.batch_augment import BatchAugment, batchable
 from carcli.data.images import ImageDataset, find_unreadable
@@ -50,108 +50,24 @@ from carcli.data.layouts import DataSet, Sample, load_dataset
 from carcli.data.packed import PackedDataset, PackedImages, load_or_build, store_path, store_side
 from carcli.data.sampling import EpochSampler, class_balanced_weights
 from carcli.data.taxonomy import FINE, Taxonomy
-from carcli.data.transforms import (
-    AUGMENT_PARTS,
-    AUTO_AUGMENTS,
-    PRESETS,
-    Augment,
-    batch_mixer,
-    eval_transform,
-    resolve_augment,
-    train_transform,
-)
+from carcli.data.transforms import batch_mixer, eval_transform, train_transform
 from carcli.device import cpu_has_bf16, resolve_device
 from carcli.errors import CarcliError, Interrupted, UsageError
 from carcli.files import check_output_dir, write_error, write_text
-from carcli.limits import check_img_size
-from carcli.losses import LOSSES, inverse_frequency_weights, multitask_loss
+from carcli.losses import inverse_frequency_weights, multitask_loss
 from carcli.models.heads import CarcliModel
 from carcli.models.registry import create_model, get_arch
 from carcli.models.weights import load_backbone_weights
-from carcli.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler, fast_forward
+from carcli.optim import build_optimizer, build_scheduler, fast_forward
 from carcli.paths import RUNS_DIR, cache_home, data_home
 from carcli.plots import plot_curves
 from carcli.runstate import STATE_FILE, Progress, RunState, load_run_state, read_progress, save_run_state
-from carcli.tracking import check_logger
+from carcli.train_config import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, TrainConfig, check_config
 
-DEFAULT_EPOCHS = 30
-DEFAULT_BATCH_SIZE = 32
-DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-BALANCES = ("none", "sampler", "weights")
 RUN_FILES = ("best.st", "last.st", "metrics.jsonl", STATE_FILE)
 RUN_FILE_COPIES = 6  # float32 copies of the weights a run folder holds: best, last, state (weights, EMA, 2 moments)
 NO_VALIDATION: dict[str, Any] = {"loss": None, "top1": {}, "top5": {}}  # the val figures of a --val-fraction 0 run
 RESUME_MAY_CHANGE = {"epochs", "workers", "device", "profile", "precision", "compile", "log", "log_uri"}
-
-
-@dataclass
-class TrainConfig:
-    """Every option of a training run; `None` means "the data set's, architecture's or preset's default"."""
-
-    data: str | None = None
-    arch: str = "ghostnet"
-    head: str = "linear"
-    img_size: int | None = None
-    crop_to_bbox: bool = False
-    bbox_margin: float = 0.1
-    cache: bool = False
-    epochs: int | None = None
-    batch_size: int | None = None
-    accum_steps: int = 1
-    lr: float | None = None
-    backbone_lr_scale: float = 1.0
-    optimizer: str = "adamw"
-    weight_decay: float = 0.05
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    milestones: list[int] = field(default_factory=list)
-    gamma: float | None = None
-    loss: str = "ce"
-    label_smoothing: float = 0.1
-    loss_weights: dict[str, float] = field(default_factory=dict)
-    balance: str = "none"
-    drop_rate: float = 0.0
-    augment: str = "standard"
-    crop_scale: float | None = None
-    hflip: bool | None = None
-    affine_degrees: float | None = None
-    affine_translate: float | None = None
-    affine_scale: float | None = None
-    affine_shear: float | None = None
-    color_jitter: float | None = None
-    grayscale: float | None = None
-    auto_augment: str | None = None
-    random_erasing: float | None = None
-    mixup: float | None = None
-    cutmix: float | None = None
-    freeze_backbone: bool = False
-    unfreeze_after: int = 0
-    ema: bool = False
-    ema_decay: float = 0.999
-    patience: int = 0
-    clip_grad: float = 0.0
-    channels_last: bool = True  # NHWC: 1.3-1.7x faster training of depthwise-conv nets on CPU (docs/benchmarks.md)
-    compile: bool | None = None  # None: on with CUDA; off on CPUs (minutes of compiling, needs a C++ compiler)
-    precision: str = "auto"  # auto: see auto_precision
-    profile: bool = False
-    device: str = "auto"
-    seed: int = 0
-    val_fraction: float = 0.2
-    weights: str | None = None
-    pretrained: bool = False
-    out: str | None = None
-    workers: int | None = None
-    tensorboard: bool = False
-    allow_large_images: bool = False  # --img-size over limits.MAX_IMG_SIZE
-    log: str = "none"  # experiment tracking: none, mlflow or wandb (carcli.tracking)
-    log_uri: str | None = None  # the MLflow tracking URI or W&B server (default: local)
-
-    @property
-    def augment_parts(self) -> Augment:
-        return resolve_augment(self.augment, {name: getattr(self, name) for name in AUGMENT_PARTS})
 
 
 Prepare = Callable[[Tensor, tuple[int, int]], Tensor]  # (batch from the loader, (epoch, step)) -> model input
@@ -209,7 +125,11 @@ class TrainResult:
 
 
 class Reporter(Protocol):
-    """Receives progress; the CLI renders it with rich, tests may ignore it."""
+    """Receives progress; the CLI renders it with rich, tests may ignore it.
+
+    `epoch_end` is called after the epoch's files and resumable state are written, so it may raise
+    to end the run there (carcli.tune stops a pruned trial so); the exception leaves `train` as is.
+    """
 
     def info(self, message: str) -> None: ...
     def warn(self, message: str) -> None: ...
@@ -264,7 +184,7 @@ def train(
     `resume` continues the run in `config.out` from its `state.st` (see `resume_config`).
     """
     started = time.perf_counter()
-    _check_config(config)  # flag values first, before any slow work
+    check_config(config)  # flag values first, before any slow work
     if config.out and not resume:
         check_output_dir(Path(config.out))
     ddp = _init_distributed(config.device)
@@ -291,7 +211,7 @@ def _train(
     with _main_first(ddp):
         dataset = _load_data(config, reporter)
     _resolve_defaults(config, dataset, device, ddp)
-    _check_config(config)
+    check_config(config)
     taxonomy = Taxonomy.from_class_names(dataset.class_names)
     tasks = {task: len(names) for task, names in taxonomy.tasks.items()}
     _check_loss_weights(config.loss_weights, config.head, tasks)
@@ -365,7 +285,7 @@ def _train(
     )
     writer = _tensorboard(run_dir, config, ddp)
     stopped_early = False
-    with _stop_on_sigint() as stop:
+    with _stop_on_sigint() as stop, _closing(writer):  # also when a reporter stops the run (a pruned trial)
         for epoch in range(progress.epoch + 1, config.epochs + 1):
             if config.patience and progress.stale_epochs >= config.patience:
                 stopped_early = True
@@ -411,8 +331,6 @@ def _train(
             _save_state(run_dir, model, optimizer, ema, scaler, progress, ddp)
             if record is not None:
                 reporter.epoch_end(record)
-    if writer is not None:
-        writer.close()
     seconds = time.perf_counter() - started
     images_per_s = float(np.mean([r["images_per_s"] for r in records])) if records else 0.0
     result = TrainResult(
@@ -464,33 +382,6 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     return config
 
 
-def make_config(options: dict[str, Any], config_file: Path | None = None) -> TrainConfig:
-    """A TrainConfig from a config file (TOML/YAML, optional) overridden by `options` (None = not given)."""
-    values = apply_options(TrainConfig, read_config_file(config_file), str(config_file)) if config_file else {}
-    values.update({key: value for key, value in options.items() if value is not None})
-    return TrainConfig(**values)
-
-
-def parse_loss_weights(text: str | None) -> dict[str, float]:
-    """'make=0.5,type=0.5' -> {"make": 0.5, "type": 0.5}."""
-    weights: dict[str, float] = {}
-    for item in filter(None, (part.strip() for part in (text or "").split(","))):
-        task, _, value = item.partition("=")
-        try:
-            weights[task.strip()] = float(value)
-        except ValueError:
-            raise UsageError(f"--loss-weights expects TASK=NUMBER pairs, got {item!r}") from None
-    return weights
-
-
-def parse_milestones(text: str | None) -> list[int]:
-    """'10,20' -> [10, 20]."""
-    try:
-        return [int(part) for part in (text or "").split(",") if part.strip()]
-    except ValueError:
-        raise UsageError(f"--milestones expects epoch numbers separated by commas, got {text!r}") from None
-
-
 # ---------------------------------------------------------------- set-up
 
 
@@ -539,55 +430,6 @@ def _resolve_defaults(config: TrainConfig, dataset: DataSet, device: torch.devic
         config.data = str(dataset.root)
     for name, value in asdict(config.augment_parts).items():  # record the preset's values: runs describe themselves
         setattr(config, name, value)
-
-
-def _check_config(config: TrainConfig) -> None:
-    """Refuse impossible option values; unset (None) options pass until their defaults are filled."""
-
-    def at_least(value: float | None, low: float) -> bool:
-        return value is None or value >= low
-
-    def share(value: float | None) -> bool:
-        return value is None or 0 <= value <= 1
-
-    checks = [
-        (at_least(config.epochs, 1), "--epochs must be at least 1"),
-        (at_least(config.batch_size, 1), "--batch-size must be at least 1"),
-        (config.accum_steps >= 1, "--accum-steps must be at least 1"),
-        (config.lr is None or config.lr > 0, "--lr must be positive"),
-        (0 < config.backbone_lr_scale <= 10, "--backbone-lr-scale must be in (0, 10]"),
-        (config.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
-        (config.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
-        (all(m >= 1 for m in config.milestones), "--milestones must be epoch numbers of 1 or more"),
-        (config.gamma is None or 0 < config.gamma <= 1, "--gamma must be in (0, 1]"),
-        (config.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
-        (config.balance in BALANCES, f"--balance must be one of {', '.join(BALANCES)}"),
-        (config.augment in PRESETS, f"--augment must be one of {', '.join(PRESETS)}"),
-        (config.auto_augment in (None, *AUTO_AUGMENTS), f"--auto-augment must be one of {', '.join(AUTO_AUGMENTS)}"),
-        (config.crop_scale is None or 0 < config.crop_scale <= 1, "--crop-scale must be in (0, 1]"),
-        (share(config.grayscale) and share(config.random_erasing), "--grayscale/--random-erasing are probabilities"),
-        (share(config.affine_translate) and share(config.affine_scale), "--affine-translate/-scale must be in [0, 1]"),
-        (at_least(config.mixup, 0) and at_least(config.cutmix, 0), "--mixup/--cutmix must be 0 (off) or more"),
-        (at_least(config.color_jitter, 0), "--color-jitter must be 0 or more"),
-        (config.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
-        (config.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
-        (at_least(config.workers, 0), "--workers must be 0 or more"),
-        (config.weight_decay >= 0, "--weight-decay must be 0 or more"),
-        (0 <= config.val_fraction < 1, "--val-fraction must be in [0, 1)"),
-        (0 <= config.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
-        (config.warmup_epochs >= 0, "--warmup-epochs must be 0 or more"),
-        (0 <= config.drop_rate < 1, "--drop-rate must be in [0, 1)"),
-        (0 < config.ema_decay < 1, "--ema-decay must be in (0, 1)"),
-        (config.patience >= 0 and config.unfreeze_after >= 0, "--patience/--unfreeze-after must be 0 or more"),
-        (config.clip_grad >= 0, "--clip-grad must be 0 (off) or more"),
-        (config.bbox_margin >= 0, "--bbox-margin must be 0 or more"),
-        (not (config.weights and config.pretrained), "use either --weights or --pretrained, not both"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
-    check_img_size(config.img_size, config.allow_large_images)
-    check_logger(config.log, config.log_uri)
 
 
 def _check_loss_weights(weights: dict[str, float], head: str, tasks: dict[str, int]) -> None:
@@ -932,6 +774,16 @@ def _stop_on_sigint() -> Iterator[threading.Event]:
         yield stop
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _closing(writer: Any) -> Iterator[None]:
+    """Close the TensorBoard writer (if any) however the epochs end."""
+    try:
+        yield
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def _tensorboard(run_dir: Path, config: TrainConfig, ddp: Dist) -> Any:

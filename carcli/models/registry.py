@@ -69,17 +69,22 @@ def list_archs() -> list[ArchSpec]:
     return list(_ARCHS.values())
 
 
+def check_arch_name(name: str) -> None:
+    """Refuse a name that is neither registered nor `timm:NAME` / `tv:NAME` (without importing torch)."""
+    prefix, _, model_name = name.partition(":")
+    if name not in _ARCHS and not (prefix in ("timm", "tv") and model_name):
+        known = ", ".join(_ARCHS)
+        raise UsageError(f"unknown architecture {name!r}; choose one of {known}, or timm:NAME / tv:NAME")
+
+
 def get_arch(name: str) -> ArchSpec:
     """Look up a registered name, or describe a `timm:NAME` / `tv:NAME` model (this builds it once)."""
+    check_arch_name(name)
     if name in _ARCHS:
         return _ARCHS[name]
     prefix, _, model_name = name.partition(":")
-    if prefix in ("timm", "tv") and model_name:
-        library = "timm" if prefix == "timm" else "torchvision"
-        probe = ArchSpec(name, library, model_name, feature_dim=0)
-        return _describe(probe)
-    known = ", ".join(_ARCHS)
-    raise UsageError(f"unknown architecture {name!r}; choose one of {known}, or timm:NAME / tv:NAME")
+    library = "timm" if prefix == "timm" else "torchvision"
+    return _describe(ArchSpec(name, library, model_name, feature_dim=0))
 
 
 def _describe(spec: ArchSpec) -> ArchSpec:
