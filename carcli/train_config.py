@@ -143,7 +143,9 @@ class TrainConfig:
     img_size: int | None = option(
         None, "Square input size, e.g. 224, 448 (default: the arch's; at most 2048).", DATA, low=MIN_IMG_SIZE
     )
-    allow_large_images: bool = option(False, "Allow --img-size over 2048 (memory grows with its square).", DATA)
+    allow_large_images: bool = option(
+        False, "Allow image sizes over 2048 px (memory grows with the square of the size).", DATA
+    )
     arch: str = option(
         "ghostnet", "Backbone: a name from `carcli archs`, timm:NAME or tv:NAME (default ghostnet).", MODEL
     )
@@ -235,7 +237,9 @@ class TrainConfig:
         RUN,
         choices=LOGGERS,
     )
-    log_uri: str | None = option(None, "--log mlflow: tracking URI or server; --log wandb: W&B server URL.", RUN)
+    log_uri: str | None = option(
+        None, "Where runs are tracked: the MLflow tracking URI or server, or the W&B server URL (with --log).", RUN
+    )
 
     @property
     def augment_parts(self) -> Any:

@@ -12,7 +12,7 @@ from hostile import fails
 from carcli.data.layouts import load_dataset
 from carcli.errors import CarcliError, UsageError
 from carcli.limits import MAX_IMG_SIZE, check_img_size
-from carcli.train import TrainConfig, _check_config
+from carcli.train_config import TrainConfig, check_config
 
 FAST = ("--arch", "ghostnet", "--img-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0")
 
@@ -137,8 +137,8 @@ def test_impossible_flags_are_one_line_with_exit_2(tmp_path, args, says):
 
 def test_large_images_need_the_flag_and_then_pass():
     with pytest.raises(UsageError, match="--allow-large-images"):
-        _check_config(TrainConfig(img_size=MAX_IMG_SIZE + 1))
-    _check_config(TrainConfig(img_size=MAX_IMG_SIZE + 1, allow_large_images=True))
+        check_config(TrainConfig(img_size=MAX_IMG_SIZE + 1))
+    check_config(TrainConfig(img_size=MAX_IMG_SIZE + 1, allow_large_images=True))
     check_img_size(MAX_IMG_SIZE)
 
 
