@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from carcli import __version__
 from carcli.data.taxonomy import FINE, Taxonomy
-from carcli.errors import CarcliError
+from carcli.errors import CarcliError, UsageError
 from carcli.files import atomic_output
 
 if TYPE_CHECKING:
@@ -80,6 +80,15 @@ def load_model(path: Path, device: str = "cpu") -> tuple[nn.Module, dict[str, An
     """
     state, meta = load_checkpoint(path)
     return build_model(meta, state, str(path)).to(device).eval(), meta
+
+
+def at_size(meta: dict[str, Any], img_size: int | None) -> dict[str, Any]:
+    """`meta` with its evaluation size replaced by `img_size` (`--img-size` of eval and predict; None: as stored)."""
+    if img_size is None:
+        return meta
+    if img_size < 32:
+        raise UsageError("--img-size must be at least 32")
+    return {**meta, "img_size": img_size}
 
 
 def build_model(meta: dict[str, Any], state: dict[str, Tensor], source: str) -> nn.Module:

@@ -210,6 +210,9 @@ def evaluate(
         int | None, typer.Option(help="Loader processes (default: 0 for one batch, else cores // 2).")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    img_size: Annotated[
+        int | None, typer.Option(help="Input size (default: the evaluation size stored in the checkpoint).")
+    ] = None,
 ) -> None:
     """Per-task metrics, confusion matrices and reports for a checkpoint on a data set."""
     from carcli.console import RichStages, print_json_line, render_eval
@@ -217,8 +220,9 @@ def evaluate(
 
     with RichStages() as reporter:
         result = run_eval(
-            checkpoint, data, split, out, tta, crop, submission, batch_size, workers, device, reporter=reporter
-        )
+            checkpoint, data, split, out, tta, crop, submission, batch_size, workers, device, reporter=reporter,
+            img_size=img_size,
+        )  # fmt: skip
     if json_output:
         print_json_line(result.report)
     else:
@@ -330,6 +334,9 @@ def predict(
     crop: Annotated[str | None, typer.Option(help="cam: predict again on the Grad-CAM crop, average both.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    img_size: Annotated[
+        int | None, typer.Option(help="Input size (default: the evaluation size stored in the checkpoint).")
+    ] = None,
 ) -> None:
     """Top-k predictions (model, make, type, year) for images."""
     from carcli.console import RichStages, print_json_line, render_predictions
@@ -337,8 +344,9 @@ def predict(
 
     with RichStages() as reporter:
         result = run_predict(
-            images, model, top_k, csv, explain, saliency, crop, batch_size, device=device, reporter=reporter
-        )
+            images, model, top_k, csv, explain, saliency, crop, batch_size, device=device, reporter=reporter,
+            img_size=img_size,
+        )  # fmt: skip
     if json_output:
         for answer in result.predictions:
             print_json_line(answer.to_json())

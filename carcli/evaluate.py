@@ -572,13 +572,14 @@ def evaluate(
     workers: int | None = None,
     device: str = "auto",
     reporter: StageReporter | None = None,
+    img_size: int | None = None,
 ) -> EvalResult:
     """The `carcli eval` job: metrics and reports of `checkpoint` on a split of `data`, written to `out`.
 
     `data` defaults to the data set the checkpoint was trained on; `split` to its val split (else
-    test); `out` to `eval-<split>` beside the checkpoint.
+    test); `out` to `eval-<split>` beside the checkpoint; `img_size` to the size stored in the checkpoint.
     """
-    from carcli.checkpoint import load_model
+    from carcli.checkpoint import at_size, load_model
     from carcli.device import resolve_device
 
     started = time.perf_counter()
@@ -586,6 +587,7 @@ def evaluate(
     _check_options(split, crop, tta, batch_size)
     torch_device = str(resolve_device(device))
     model, meta = load_model(checkpoint, torch_device)
+    meta = at_size(meta, img_size)
     data = data or _trained_on(meta, checkpoint)
     dataset, samples, split = split_samples(meta, data, split)
     to_fine = torch.tensor(align_labels(dataset.class_names, meta))

@@ -175,6 +175,7 @@ def predict(
     workers: int | None = None,
     device: str = "auto",
     reporter: StageReporter | None = None,
+    img_size: int | None = None,
 ) -> PredictResult:
     """The `carcli predict` job: an answer for every readable image among `inputs`; the CSV and overlays asked for."""
     started = time.perf_counter()
@@ -186,7 +187,7 @@ def predict(
     if saliency and explain_dir is None:
         raise UsageError("--saliency writes its maps beside the Grad-CAM ones: give --explain DIR too")
     check_crop(crop)
-    from carcli.checkpoint import load_model
+    from carcli.checkpoint import at_size, load_model
     from carcli.device import resolve_device
 
     if model_path is None:
@@ -194,6 +195,7 @@ def predict(
         reporter.info(f"using the newest checkpoint: {model_path}")
     torch_device = str(resolve_device(device))
     model, meta = load_model(model_path, torch_device)
+    meta = at_size(meta, img_size)  # None: the checkpoint's evaluation size
     paths, skipped = gather_images(inputs)
     for name, why in skipped:
         reporter.warn(f"skipped {name}: {why}")

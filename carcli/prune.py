@@ -283,7 +283,7 @@ def _finetune(
             "data": str(data),
             "arch": meta["arch"],
             "head": meta["head"],
-            "img_size": meta["img_size"],
+            "img_size": meta.get("train_img_size", meta["img_size"]),
             "epochs": epochs,
             "warmup_epochs": 0.0,
             "weights": None,

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from carcli import __version__
-from carcli.checkpoint import save_checkpoint
+from carcli.checkpoint import read_metadata, save_checkpoint
 from carcli.config import apply_options
 from carcli.data import demo
 from carcli.data.batch_augment import BatchAugment, batchable
@@ -57,7 +57,7 @@ from carcli.files import write_text
 from carcli.losses import inverse_frequency_weights, multitask_loss
 from carcli.models.heads import CarcliModel
 from carcli.models.registry import create_model, get_arch
-from carcli.models.weights import load_backbone_weights
+from carcli.models.weights import init_from_checkpoint, load_backbone_weights
 from carcli.optim import build_optimizer, build_scheduler, fast_forward
 from carcli.paths import RUNS_DIR, cache_home, data_home
 from carcli.plots import plot_curves
@@ -214,6 +214,9 @@ def _train(
     _seed_everything(config.seed + ddp.rank)
     _share_cores(device, config.workers or 0, ddp)
     spec = get_arch(config.arch)
+    if model is None and config.init:
+        model, kept = init_from_checkpoint(Path(config.init), config.head, taxonomy.tasks, config.drop_rate)
+        reporter.info(kept)
     if model is None:
         model = create_model(config.arch, config.head, tasks, config.pretrained, config.drop_rate)
     if config.weights and not resume:
@@ -230,7 +233,9 @@ def _train(
     train_samples, val_samples = _readable_splits(dataset, run_dir, reporter, ddp)
 
     img_size = config.img_size or spec.img_size
-    feed = _feed(config, train_samples, val_samples, img_size, spec.mean, spec.std, device, reporter, ddp)
+    eval_size = config.eval_img_size or img_size
+    sizes = (img_size, eval_size)
+    feed = _feed(config, train_samples, val_samples, sizes, spec.mean, spec.std, device, reporter, ddp)
     train_set, val_set = feed.train_set, feed.val_set
     train_labels = [s.label for s in train_samples]
     balance = class_balanced_weights(train_labels) if config.balance == "sampler" else None
@@ -267,13 +272,14 @@ def _train(
         progress = _restore(state, model, optimizer, scheduler, ema, scaler)
     net = _wrap_for_training(model, config, ddp, device)
 
-    meta_base = {**_metadata_base(config, spec.mean, spec.std, img_size, taxonomy, dataset), **(extra_meta or {})}
+    meta_base = {**_metadata_base(config, spec.mean, spec.std, sizes, taxonomy, dataset), **(extra_meta or {})}
     records = _previous_records(run_dir, progress.epoch) if resume else []
     if ddp.main:
         run_info = _run_info(device, precision, parameters, dataset, ddp)
         _write_json(run_dir / "config.json", {**meta_base["train"], "run": run_info})
     reporter.info(
-        f"{config.arch} + {config.head} head, {parameters / 1e6:.2f} M parameters, {img_size} px, "
+        f"{config.arch} + {config.head} head, {parameters / 1e6:.2f} M parameters, {img_size} px"
+        f"{f' (validated at {eval_size} px)' if eval_size != img_size else ''}, "
         f"on {device} in {precision}{f' x {ddp.world} processes' if ddp.world > 1 else ''}; "
         f"{len(train_samples)} train / {len(val_samples)} {dataset.eval_split} images; run folder {run_dir}"
         + (f"; resuming after epoch {progress.epoch}, step {progress.step}" if resume else "")
@@ -368,10 +374,14 @@ def _load_data(config: TrainConfig, reporter: Reporter) -> DataSet:
 def _resolve_defaults(config: TrainConfig, dataset: DataSet, device: torch.device, ddp: Dist) -> None:
     """Fill unset options: the demo set recommends its own size and schedule; others use general defaults."""
     is_demo = config.data is None
+    if config.init:  # a later stage of a trained model: its architecture
+        config.arch = read_metadata(Path(config.init))["arch"]
     if config.img_size is None and is_demo:
         config.img_size = demo.DEMO_IMG_SIZE
     if config.img_size is None:
         config.img_size = get_arch(config.arch).img_size
+    if config.eval_img_size is None:
+        config.eval_img_size = config.img_size
     if config.epochs is None:
         config.epochs = demo.DEMO_EPOCHS if is_demo else DEFAULT_EPOCHS
     if config.batch_size is None:
@@ -513,15 +523,18 @@ def _feed(
     config: TrainConfig,
     train_samples: list[Sample],
     val_samples: list[Sample],
-    img_size: int,
+    sizes: tuple[int, int],
     mean: tuple[float, ...],
     std: tuple[float, ...],
     device: torch.device,
     reporter: Reporter,
     ddp: Dist,
 ) -> Feed:
-    """Decode-every-epoch data sets, or (`cache`) the prepared store with augmentation on the device."""
+    """Decode-every-epoch data sets, or (`cache`) the prepared store with augmentation on the device.
+
+    `sizes`: the training and the validation image size."""
     augment = config.augment_parts
+    img_size, eval_size = sizes
     crop = config.bbox_margin if config.crop_to_bbox else None
 
     def to_device(images: Tensor, key: tuple[int, int]) -> Tensor:
@@ -529,14 +542,14 @@ def _feed(
 
     if not config.cache:
         train_set = ImageDataset(train_samples, train_transform(img_size, mean, std, augment), img_size, crop)
-        return Feed(train_set, ImageDataset(val_samples, eval_transform(img_size, mean, std), img_size, crop),
+        return Feed(train_set, ImageDataset(val_samples, eval_transform(eval_size, mean, std), eval_size, crop),
                     to_device, to_device)  # fmt: skip
     with _main_first(ddp):
         train_store, val_store = (
-            _store(samples, store_side(img_size, training), crop, device, reporter)
-            for samples, training in ((train_samples, True), (val_samples, False))
+            _store(samples, store_side(size, training), crop, device, reporter)
+            for samples, size, training in ((train_samples, img_size, True), (val_samples, eval_size, False))
         )
-    val_feed = PackedDataset(val_store), BatchAugment(img_size, mean, std, None, device)
+    val_feed = PackedDataset(val_store), BatchAugment(eval_size, mean, std, None, device)
     if batchable(augment):
         on_device = BatchAugment(img_size, mean, std, augment, device, config.seed + ddp.rank)
         return Feed(PackedDataset(train_store), val_feed[0], on_device, val_feed[1])
@@ -987,14 +1000,15 @@ def _metadata_base(
     config: TrainConfig,
     mean: tuple[float, ...],
     std: tuple[float, ...],
-    img_size: int,
+    sizes: tuple[int, int],
     taxonomy: Taxonomy,
     dataset: DataSet,
 ) -> dict[str, Any]:
     return {
         "arch": config.arch,
         "head": config.head,
-        "img_size": img_size,
+        "img_size": sizes[1],  # what eval, predict and export feed the model
+        "train_img_size": sizes[0],
         "mean": list(mean),
         "std": list(std),
         "tasks": taxonomy.tasks,

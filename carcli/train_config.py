@@ -224,6 +224,15 @@ class TrainConfig:
     )
     tensorboard: bool = option(False, "Also log to TensorBoard (run folder/tensorboard).", RUN)
     profile: bool = option(False, "Print where each step's time goes: loader wait, preparation, compute.", RUN)
+    # issue 14 (accuracy): stages, evaluation size, distillation
+    init: str | None = option(
+        None, "Start from a trained carcli checkpoint: backbone + head when the classes agree, else the backbone.",
+        MODEL, **PATH,
+    )  # fmt: skip
+    eval_img_size: int | None = option(
+        None, "Validate, pick best.st and store for eval/predict/export at this size (default: --img-size).",
+        DATA, low=32,
+    )  # fmt: skip
 
     @property
     def augment_parts(self) -> Any:
@@ -250,8 +259,10 @@ def check_config(config: TrainConfig) -> None:
             raise UsageError(problem)
     if any(m < 1 for m in config.milestones):
         raise UsageError("--milestones must be epoch numbers of 1 or more")
-    if config.weights and config.pretrained:
-        raise UsageError("use either --weights or --pretrained, not both")
+    starts = [flag for flag, given in (("--weights", config.weights), ("--pretrained", config.pretrained),
+                                        ("--init", config.init)) if given]  # fmt: skip
+    if len(starts) > 1:
+        raise UsageError(f"use either {' or '.join(starts)}, not {'both' if len(starts) == 2 else 'several'}")
     from carcli.models.registry import check_arch_name  # torch-free: the names, not the models
 
     check_arch_name(config.arch)

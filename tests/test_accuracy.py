@@ -1,0 +1,108 @@
+"""Issue 14 mechanisms on tiny data: --init stages, the stored evaluation size and what follows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SMALL_CLASSES, write_untrained_checkpoint
+
+from carcli import evaluate as evaluate_module
+from carcli.checkpoint import load_checkpoint, read_metadata
+from carcli.data.layouts import load_dataset
+from carcli.data.taxonomy import Taxonomy
+from carcli.errors import UsageError
+from carcli.evaluate import evaluate
+from carcli.models.weights import init_from_checkpoint
+from carcli.predict import predict
+from carcli.train import TrainConfig, train
+from carcli.train_config import check_config
+
+TINY = {"arch": "ghostnet", "img_size": 32, "batch_size": 8, "workers": 0, "device": "cpu", "warmup_epochs": 0.0}
+
+
+def tiny_config(data: Path, out: Path, **options) -> TrainConfig:
+    return TrainConfig(data=str(data), out=str(out), **{**TINY, "epochs": 1, **options})
+
+
+def tasks_of(names) -> dict[str, list[str]]:
+    return Taxonomy.from_class_names(list(names)).tasks
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str) -> bool:
+    keys = [k for k in b if k.startswith(prefix)]
+    return bool(keys) and all(torch.equal(a[k], b[k]) for k in keys)
+
+
+# ---------------------------------------------------------------- --init
+
+
+def test_init_keeps_the_head_when_the_classes_agree_and_only_the_backbone_otherwise(tmp_path):
+    names = list(SMALL_CLASSES[:4])
+    path = write_untrained_checkpoint(tmp_path / "stage1.st", names, "mtl", 32, seed=5)
+    saved, _ = load_checkpoint(path)
+
+    model, line = init_from_checkpoint(path, "mtl", tasks_of(names), drop_rate=0.2)
+    state = model.state_dict()
+    assert same(state, saved, "backbone.") and same(state, saved, "head.")
+    assert "backbone and mtl head" in line and model.head.dropout.p == 0.2
+
+    other = list(SMALL_CLASSES[1:5])  # other classes: a fresh head of the new size on the same features
+    model, line = init_from_checkpoint(path, "mtl", tasks_of(other), drop_rate=0.0)
+    state = model.state_dict()
+    assert same(state, saved, "backbone.") and not same(state, saved, "head.fc_model")
+    assert "new mtl head" in line and "classes differ" in line
+
+    model, line = init_from_checkpoint(path, "linear", tasks_of(names))  # another head kind: backbone only
+    assert same(model.state_dict(), saved, "backbone.") and "head differ" in line
+    assert list(model.head.tasks) == ["model"]
+
+
+@pytest.mark.slow
+def test_train_init_starts_from_the_checkpoint_and_records_it(tiny_set, tmp_path):
+    names = load_dataset(tiny_set).class_names
+    path = write_untrained_checkpoint(tmp_path / "stage1.st", names, "mtl", 32, seed=5)
+    lines: list[str] = []
+
+    class Lines:
+        info = warn = lines.append
+
+        def epoch_start(self, *args) -> None: ...
+        def step(self, stats) -> None: ...
+        def epoch_end(self, record) -> None: ...
+
+    out = tmp_path / "stage2"
+    train(tiny_config(tiny_set, out, arch="mobilenetv2", head="mtl", init=str(path), lr=1e-9), Lines())
+    assert any("backbone and mtl head" in line for line in lines)
+    config = json.loads((out / "config.json").read_text())
+    assert config["init"] == str(path) and config["arch"] == "ghostnet"  # the checkpoint's architecture
+    with pytest.raises(UsageError, match="either --weights or --init"):
+        check_config(TrainConfig(weights="w.pth", init=str(path)))
+
+
+# ---------------------------------------------------------------- evaluation size
+
+
+@pytest.mark.slow
+def test_the_stored_evaluation_size_is_used_by_eval_and_predict(tiny_set, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(tiny_config(tiny_set, out, eval_img_size=48))
+    meta = read_metadata(out / "best.st")
+    assert meta["img_size"] == 48 and meta["train_img_size"] == 32 and meta["train"]["eval_img_size"] == 48
+
+    seen: list[int] = []
+    real = evaluate_module.dataset_probs
+
+    def spy(model, dataset, *args, **kwargs):
+        seen.append(dataset[0][0].shape[-1])
+        return real(model, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "dataset_probs", spy)
+    image = str(next((tiny_set / "val").rglob("*.png")))
+    evaluate(out / "best.st", out=tmp_path / "eval", workers=0)
+    predict([image], out / "best.st", workers=0)
+    evaluate(out / "best.st", out=tmp_path / "eval40", workers=0, img_size=40)
+    predict([image], out / "best.st", workers=0, img_size=40)
+    assert seen == [48, 48, 40, 40]
