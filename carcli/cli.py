@@ -243,6 +243,9 @@ def prune(
         "magnitude"
     ),
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tune the pruned model this many epochs.")] = 0,
+    teacher: Annotated[
+        bool, typer.Option(help="With --finetune-epochs: distil from the unpruned model (default on).")
+    ] = True,
     out: Annotated[
         Path | None,
         typer.Option("-o", "--out", help="Pruned .st (default beside the checkpoint); with --sweep the CSV."),
@@ -266,7 +269,7 @@ def prune(
         return
     assert rate is not None
     with RichReporter() as reporter:
-        result = prune_checkpoint(checkpoint, data, method, rate, finetune_epochs, out, reporter)
+        result = prune_checkpoint(checkpoint, data, method, rate, finetune_epochs, out, reporter, teacher)
     render_table(f"{method} pruning at rate {rate}", ("", "before", "after"), result.rows())
     print_info(f"pruned checkpoint: {result.out}")
 

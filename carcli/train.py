@@ -52,6 +52,7 @@ from carcli.data.sampling import EpochSampler, class_balanced_weights
 from carcli.data.taxonomy import FINE, Taxonomy
 from carcli.data.transforms import batch_mixer, eval_transform, train_transform
 from carcli.device import cpu_has_bf16, resolve_device
+from carcli.distill import Teachers, fingerprint, load_teachers
 from carcli.errors import CarcliError, Interrupted, UsageError
 from carcli.files import write_text
 from carcli.losses import inverse_frequency_weights, multitask_loss
@@ -223,6 +224,7 @@ def _train(
         report = load_backbone_weights(model.backbone, Path(config.weights))
         reporter.info(f"loaded {report.loaded} backbone tensors from {config.weights} (matched by {report.mode})")
     model.to(device)
+    teachers = _teachers(config, taxonomy, spec.mean, spec.std, device, reporter)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     precision = auto_precision(device, model) if config.precision == "auto" else config.precision
@@ -275,7 +277,7 @@ def _train(
     meta_base = {**_metadata_base(config, spec.mean, spec.std, sizes, taxonomy, dataset), **(extra_meta or {})}
     records = _previous_records(run_dir, progress.epoch) if resume else []
     if ddp.main:
-        run_info = _run_info(device, precision, parameters, dataset, ddp)
+        run_info = {**_run_info(device, precision, parameters, dataset, ddp), **_teacher_sums(config, run_dir, resume)}
         _write_json(run_dir / "config.json", {**meta_base["train"], "run": run_info})
     reporter.info(
         f"{config.arch} + {config.head} head, {parameters / 1e6:.2f} M parameters, {img_size} px"
@@ -300,7 +302,7 @@ def _train(
             reporter.epoch_start(epoch, config.epochs, len(train_loader))
             train_stats = _train_one_epoch(
                 net, model, train_loader, feed.prepare_train, optimizer, scheduler, scaler, ema, autocast_dtype,
-                fine_to, class_weights, mixer, config, device, reporter, progress, stop,
+                fine_to, class_weights, mixer, config, device, reporter, progress, stop, teachers,
             )  # fmt: skip
             if stop.is_set():
                 _save_state(run_dir, model, optimizer, ema, scaler, progress, ddp)
@@ -401,6 +403,35 @@ def _resolve_defaults(config: TrainConfig, dataset: DataSet, device: torch.devic
         config.data = str(dataset.root)
     for name, value in asdict(config.augment_parts).items():  # record the preset's values: runs describe themselves
         setattr(config, name, value)
+
+
+def _teachers(
+    config: TrainConfig, taxonomy: Taxonomy, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+    reporter: Reporter,
+) -> Teachers | None:  # fmt: skip
+    """The --teacher models on `device` (None without any), announced in one line."""
+    if not config.teacher:
+        return None
+    teachers = load_teachers(config.teacher, taxonomy.tasks, mean, std, device)
+    reporter.info(
+        f"distilling from {', '.join(config.teacher)} (weight {config.distill_weight:g}, "
+        f"temperature {config.distill_temperature:g}; teachers at {', '.join(map(str, teachers.sizes))} px)"
+    )
+    return teachers
+
+
+def _teacher_sums(config: TrainConfig, run_dir: Path, resume: bool) -> dict[str, list[str]]:
+    """{"teacher_sha256": [...]} for config.json's run entry; a resumed run refuses teachers whose files changed."""
+    if not config.teacher:
+        return {}
+    sums = [fingerprint(path) for path in config.teacher]
+    started = json.loads((run_dir / "config.json").read_text()).get("run", {}) if resume else {}
+    if resume and started.get("teacher_sha256") != sums:
+        raise CarcliError(
+            f"--resume: the teacher files ({', '.join(config.teacher)}) are not the ones this run started with; "
+            "restore them or start a new run"
+        )
+    return {"teacher_sha256": sums}
 
 
 def _check_loss_weights(weights: dict[str, float], head: str, tasks: dict[str, int]) -> None:
@@ -784,6 +815,7 @@ def _train_one_epoch(
     reporter: Reporter,
     progress: Progress,
     stop: threading.Event,
+    teachers: Teachers | None = None,
 ) -> dict[str, Any]:
     seen, loss_sum, correct = 0, 0.0, 0
     lr = optimizer.param_groups[-1]["lr"]
@@ -810,6 +842,8 @@ def _train_one_epoch(
                 loss, _ = multitask_loss(
                     logits, targets, config.loss_weights, config.label_smoothing, class_weights, config.loss == "cot"
                 )
+                if teachers is not None:
+                    loss = loss + config.distill_weight * teachers.loss(images, logits, config.distill_temperature)
             if not torch.isfinite(loss):
                 raise CarcliError(
                     f"the loss became {loss.item()} (not finite); the run stopped and keeps its last good "

@@ -233,6 +233,16 @@ class TrainConfig:
         None, "Validate, pick best.st and store for eval/predict/export at this size (default: --img-size).",
         DATA, low=32,
     )  # fmt: skip
+    teacher: list[str] = field(
+        default_factory=list,
+        metadata=described("Distil from this trained .st (repeatable; an ensemble .st is one teacher).", LOSS),
+    )
+    distill_weight: float = option(
+        1.0, "With --teacher: weight of the distillation term (default 1).", LOSS, **NON_NEGATIVE
+    )
+    distill_temperature: float = option(
+        2.0, "With --teacher: softmax temperature of the distillation term (default 2).", LOSS, **POSITIVE
+    )
 
     @property
     def augment_parts(self) -> Any:

@@ -10,14 +10,17 @@ import torch
 from conftest import SMALL_CLASSES, write_untrained_checkpoint
 
 from carcli import evaluate as evaluate_module
-from carcli.checkpoint import load_checkpoint, read_metadata
+from carcli import train as train_module
+from carcli.checkpoint import load_checkpoint, load_model, read_metadata
 from carcli.data.layouts import load_dataset
 from carcli.data.taxonomy import Taxonomy
-from carcli.errors import UsageError
+from carcli.distill import load_teachers
+from carcli.errors import CarcliError, UsageError
 from carcli.evaluate import evaluate
 from carcli.models.weights import init_from_checkpoint
 from carcli.predict import predict
-from carcli.train import TrainConfig, train
+from carcli.prune import prune_checkpoint
+from carcli.train import TrainConfig, resume_config, train
 from carcli.train_config import check_config
 
 TINY = {"arch": "ghostnet", "img_size": 32, "batch_size": 8, "workers": 0, "device": "cpu", "warmup_epochs": 0.0}
@@ -106,3 +109,64 @@ def test_the_stored_evaluation_size_is_used_by_eval_and_predict(tiny_set, tmp_pa
     evaluate(out / "best.st", out=tmp_path / "eval40", workers=0, img_size=40)
     predict([image], out / "best.st", workers=0, img_size=40)
     assert seen == [48, 48, 40, 40]
+
+
+# ---------------------------------------------------------------- distillation
+
+
+def test_the_distillation_term_is_zero_when_student_and_teacher_are_the_same_model(tmp_path):
+    names = list(SMALL_CLASSES[:4])
+    path = write_untrained_checkpoint(tmp_path / "t.st", names, "mtl", 32, seed=1)
+    other = write_untrained_checkpoint(tmp_path / "o.st", names, "mtl", 32, seed=2)
+    student, meta = load_model(path)
+    teachers = load_teachers([str(path)], tasks_of(names), meta["mean"], meta["std"], torch.device("cpu"))
+    teachers.train()
+    assert not teachers.training  # a teacher always runs in eval mode
+    torch.manual_seed(0)
+    images = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        logits = student(images)
+    for temperature in (1.0, 4.0):
+        assert teachers.loss(images, logits, temperature).item() == pytest.approx(0.0, abs=1e-5)
+    assert set(teachers.probs(images, 2.0)) == set(logits) == {"model", "make", "type"}
+    different = load_teachers([str(other)], tasks_of(names), meta["mean"], meta["std"], torch.device("cpu"))
+    assert different.loss(images, logits, 2.0).item() > 1e-4
+    # the student's normalisation is undone and the teacher's applied: same pixels, other mean/std -> still 0
+    shifted = load_teachers([str(path)], tasks_of(names), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), torch.device("cpu"))
+    mean, std = torch.tensor(meta["mean"]).view(1, 3, 1, 1), torch.tensor(meta["std"]).view(1, 3, 1, 1)
+    restated = (images * std + mean - 0.5) / 0.25
+    assert shifted.loss(restated, logits, 2.0).item() == pytest.approx(0.0, abs=1e-4)
+    with pytest.raises(CarcliError, match="other classes"):
+        load_teachers([str(path)], tasks_of(SMALL_CLASSES[1:5]), meta["mean"], meta["std"], torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_a_distilled_run_records_its_teacher_and_resume_refuses_a_changed_one(tiny_set, tmp_path):
+    names = load_dataset(tiny_set).class_names
+    teacher = write_untrained_checkpoint(tmp_path / "teacher.st", names, "mtl", 40, seed=1)
+    out = tmp_path / "run"
+    train(tiny_config(tiny_set, out, head="mtl", teacher=[str(teacher)], epochs=1))
+    config = json.loads((out / "config.json").read_text())
+    assert config["teacher"] == [str(teacher)] and len(config["run"]["teacher_sha256"]) == 1
+    with pytest.raises(UsageError, match="--teacher"):
+        resume_config(out, {"epochs": 2, "teacher": []})
+    write_untrained_checkpoint(teacher, names, "mtl", 40, seed=2)  # same path, other weights
+    with pytest.raises(CarcliError, match="not the ones this run started with"):
+        train(resume_config(out, {"epochs": 2}), resume=True)
+
+
+@pytest.mark.slow
+def test_prune_finetuning_distils_from_the_unpruned_model_unless_told_not_to(tiny_set, tmp_path, monkeypatch):
+    names = load_dataset(tiny_set).class_names
+    path = write_untrained_checkpoint(tmp_path / "m.st", names, "mtl", 32)
+    seen: list[list[str]] = []
+
+    def fake_train(config, reporter=None, **kwargs):
+        seen.append(config.teacher)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    for teacher in (True, False):
+        with pytest.raises(RuntimeError, match="stop here"):
+            prune_checkpoint(path, tiny_set, "channel", 0.3, 1, tmp_path / f"p{teacher}.st", teacher=teacher)
+    assert seen == [[str(path)], []]
