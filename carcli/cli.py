@@ -185,6 +185,15 @@ def train(
         render_train_summary(result)
 
 
+# issue 14: options shared by eval and predict
+EvalSize = Annotated[
+    int | None, typer.Option(help="Input size (default: the evaluation size stored in the checkpoint).")
+]
+Hierarchy = Annotated[
+    bool, typer.Option(help="Hierarchy-consistent answers: fine x make^a x type^b (multi-task checkpoints).")
+]
+
+
 @app.command("eval")
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A .st checkpoint.")],
@@ -210,9 +219,8 @@ def evaluate(
         int | None, typer.Option(help="Loader processes (default: 0 for one batch, else cores // 2).")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    img_size: Annotated[
-        int | None, typer.Option(help="Input size (default: the evaluation size stored in the checkpoint).")
-    ] = None,
+    img_size: EvalSize = None,
+    hierarchy: Hierarchy = False,
 ) -> None:
     """Per-task metrics, confusion matrices and reports for a checkpoint on a data set."""
     from carcli.console import RichStages, print_json_line, render_eval
@@ -221,7 +229,7 @@ def evaluate(
     with RichStages() as reporter:
         result = run_eval(
             checkpoint, data, split, out, tta, crop, submission, batch_size, workers, device, reporter=reporter,
-            img_size=img_size,
+            img_size=img_size, hierarchy=hierarchy,
         )  # fmt: skip
     if json_output:
         print_json_line(result.report)
@@ -337,9 +345,8 @@ def predict(
     crop: Annotated[str | None, typer.Option(help="cam: predict again on the Grad-CAM crop, average both.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    img_size: Annotated[
-        int | None, typer.Option(help="Input size (default: the evaluation size stored in the checkpoint).")
-    ] = None,
+    img_size: EvalSize = None,
+    hierarchy: Hierarchy = False,
 ) -> None:
     """Top-k predictions (model, make, type, year) for images."""
     from carcli.console import RichStages, print_json_line, render_predictions
@@ -348,7 +355,7 @@ def predict(
     with RichStages() as reporter:
         result = run_predict(
             images, model, top_k, csv, explain, saliency, crop, batch_size, device=device, reporter=reporter,
-            img_size=img_size,
+            img_size=img_size, hierarchy=hierarchy,
         )  # fmt: skip
     if json_output:
         for answer in result.predictions:

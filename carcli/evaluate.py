@@ -573,14 +573,17 @@ def evaluate(
     device: str = "auto",
     reporter: StageReporter | None = None,
     img_size: int | None = None,
+    hierarchy: bool = False,
 ) -> EvalResult:
     """The `carcli eval` job: metrics and reports of `checkpoint` on a split of `data`, written to `out`.
 
     `data` defaults to the data set the checkpoint was trained on; `split` to its val split (else
     test); `out` to `eval-<split>` beside the checkpoint; `img_size` to the size stored in the checkpoint.
+    `hierarchy` scores hierarchy-consistent answers (carcli.hierarchy); the report has both either way.
     """
     from carcli.checkpoint import at_size, load_model
     from carcli.device import resolve_device
+    from carcli.hierarchy import consistent_probs, hierarchy_report
 
     started = time.perf_counter()
     reporter = reporter or SilentStages()
@@ -601,8 +604,8 @@ def evaluate(
     plan = plan_submission(submission, dataset, split, samples, meta) if submission is not None else None
     out_dir = out or checkpoint.parent / f"eval-{split}"
     reporter.info(f"evaluating {checkpoint} on {len(samples)} {split} images of {data} ({torch_device})")
-    plain, probs = _run(model, meta, samples, tta, crop, batch_size, workers, torch_device, reporter)
-    probs, sources = with_implied_tasks(probs, meta)
+    plain, raw = _run(model, meta, samples, tta, crop, batch_size, workers, torch_device, reporter)
+    probs, sources = with_implied_tasks(consistent_probs(raw, meta) if hierarchy else raw, meta)
     targets = sample_targets(samples, to_fine, meta, list(probs))
     tasks, files, pairs = _write_reports(meta, samples, probs, targets, sources, out_dir)
     if plain is not None:
@@ -623,6 +626,7 @@ def evaluate(
         "split": split,
         "n_images": len(samples),
         "tasks": tasks,
+        **hierarchy_report(raw, targets[FINE], meta, hierarchy),
         "seconds": round(time.perf_counter() - started, 3),
     }
     files.insert(0, out_dir / "eval.json")

@@ -176,6 +176,7 @@ def predict(
     device: str = "auto",
     reporter: StageReporter | None = None,
     img_size: int | None = None,
+    hierarchy: bool = False,
 ) -> PredictResult:
     """The `carcli predict` job: an answer for every readable image among `inputs`; the CSV and overlays asked for."""
     started = time.perf_counter()
@@ -210,6 +211,10 @@ def predict(
         probs = cam_crop_probs(model, meta, samples, reporter=reporter, **run)[1]
     else:
         probs = sample_probs(model, meta, samples, progress=reporter.stage("predicting", len(samples)), **run)
+    if hierarchy:
+        from carcli.hierarchy import consistent_probs
+
+        probs = consistent_probs(probs, meta)
     result = PredictResult(model_path, image_predictions(paths, probs, meta, top_k), skipped)
     if csv_path is not None:
         write_predictions_csv(result.predictions, csv_path, top_k)

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 
 from carcli import __version__
 from carcli.checkpoint import read_metadata, save_checkpoint
+from carcli.compiling import decide, has_compiler, initial_choice, wants_compile
 from carcli.config import apply_options
 from carcli.data import demo
 from carcli.data.batch_augment import BatchAugment, batchable
@@ -205,8 +206,11 @@ def _train(
     device = resolve_device(config.device, ddp.local_rank if ddp.world > 1 else None)
     with _main_first(ddp):
         dataset = _load_data(config, reporter)
+    asked_compile = config.compile
     _resolve_defaults(config, dataset, device, ddp)
     check_config(config)
+    if asked_compile == "auto" and config.compile == "off":
+        reporter.info("--compile auto: no C++ compiler found (torch.compile needs one on CPUs); training eagerly")
     taxonomy = Taxonomy.from_class_names(dataset.class_names)
     tasks = {task: len(names) for task, names in taxonomy.tasks.items()}
     _check_loss_weights(config.loss_weights, config.head, tasks)
@@ -310,6 +314,9 @@ def _train(
                     f"interrupted in epoch {epoch} after step {progress.step}; resumable state saved in {run_dir} "
                     f"(continue with: carcli train --resume {run_dir})"
                 )
+            if config.compile == "auto":
+                steps_left = (config.epochs - epoch) * steps_per_epoch
+                net = _auto_compile(net, model, config, train_stats, steps_left, reporter, ddp)
             record = None
             if ddp.main:
                 evaluated = ema.module if ema is not None else model
@@ -327,6 +334,8 @@ def _train(
             _save_state(run_dir, model, optimizer, ema, scaler, progress, ddp)
             if record is not None:
                 reporter.epoch_end(record)
+    if ddp.main and records:
+        _report_hierarchy(run_dir, val_loader, device, autocast_dtype, config, feed.prepare_val, reporter)
     seconds = time.perf_counter() - started
     images_per_s = float(np.mean([r["images_per_s"] for r in records])) if records else 0.0
     return TrainResult(
@@ -397,8 +406,7 @@ def _resolve_defaults(config: TrainConfig, dataset: DataSet, device: torch.devic
             config.workers = 0  # a batch is a memory copy; every core goes to the model
         else:
             config.workers = min(8, cores) if device.type == "cuda" else min(8, cores // 2)
-    if config.compile is None:
-        config.compile = device.type == "cuda"
+    config.compile = initial_choice(config.compile, device.type, has_compiler())
     if config.data is None:
         config.data = str(dataset.root)
     for name, value in asdict(config.augment_parts).items():  # record the preset's values: runs describe themselves
@@ -418,6 +426,20 @@ def _teachers(
         f"temperature {config.distill_temperature:g}; teachers at {', '.join(map(str, teachers.sizes))} px)"
     )
     return teachers
+
+
+def _report_hierarchy(
+    run_dir: Path, loader: DataLoader, device: torch.device, autocast_dtype: torch.dtype | None,
+    config: TrainConfig, prepare: Prepare, reporter: Reporter,
+) -> None:  # fmt: skip
+    """Fit and store best.st's hierarchy weights (multi-task heads), said in one line."""
+    fit = fit_hierarchy(run_dir, loader, device, autocast_dtype, config.channels_last, prepare)
+    if fit is not None:
+        weights = ", ".join(f"{task} {w:g}" for task, w in fit["weights"].items())
+        reporter.info(
+            f"hierarchy weights fitted on validation ({weights}): {FINE} top-1 {fit['val_top1']:.1%} "
+            f"combined, {fit['val_plain_top1']:.1%} fine head alone (eval/predict --hierarchy use them)"
+        )
 
 
 def _teacher_sums(config: TrainConfig, run_dir: Path, resume: bool) -> dict[str, list[str]]:
@@ -679,12 +701,27 @@ def _wrap_for_training(model: CarcliModel, config: TrainConfig, ddp: Dist, devic
         staged = config.freeze_backbone or config.unfreeze_after > 0
         ids = [device.index] if device.type == "cuda" else None
         net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=staged)
-    if config.compile:
-        import torch._dynamo
+    return _compiled(net) if wants_compile(config.compile) else net
 
-        torch._dynamo.config.suppress_errors = True  # a part that fails to compile runs eagerly, the run goes on
-        net = torch.compile(net)  # type: ignore[assignment]
-    return net
+
+def _compiled(net: nn.Module) -> nn.Module:
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True  # a part that fails to compile runs eagerly, the run goes on
+    return torch.compile(net)  # type: ignore[return-value]
+
+
+def _auto_compile(
+    net: nn.Module, model: CarcliModel, config: TrainConfig, train_stats: dict[str, Any], steps_left: int,
+    reporter: Reporter, ddp: Dist,
+) -> nn.Module:  # fmt: skip
+    """`--compile auto` on a CPU, after the first epoch: compile `net` for the rest of the run if it pays
+    (carcli.compiling.decide, from the measured step time); every process follows rank 0's decision."""
+    step_seconds = (config.batch_size or 1) / max(1e-9, train_stats["images_per_s"])
+    decision = _broadcast(decide(step_seconds, steps_left, has_depthwise_conv(model)), ddp)
+    reporter.info(decision.why)
+    config.compile = "on" if decision.compile else "off"
+    return _compiled(net) if decision.compile else net
 
 
 def _set_trainable(model: CarcliModel, frozen: bool) -> None:
@@ -912,17 +949,10 @@ def validate(
     prepare: Prepare | None = None,
 ) -> dict[str, Any]:
     """Mean loss (sum over tasks, no smoothing) and top-1 / top-5 per task on a loader."""
-    model.eval()
     seen, loss_sum = 0, 0.0
     top1: dict[str, int] = {}
     top5: dict[str, int] = {}
-    for index, (images, labels) in enumerate(loader):
-        images = prepare(images, (0, index)) if prepare else images.to(device)
-        labels = labels.to(device)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(images)
+    for logits, labels in _eval_batches(model, loader, device, autocast_dtype, channels_last, prepare):
         targets = _targets(labels, fine_to, logits)
         loss, _ = multitask_loss({t: z.float() for t, z in logits.items()}, targets)
         seen += labels.numel()
@@ -937,6 +967,55 @@ def validate(
         "top1": {t: c / max(1, seen) for t, c in top1.items()},
         "top5": {t: c / max(1, seen) for t, c in top5.items()},
     }
+
+
+def _eval_batches(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    channels_last: bool,
+    prepare: Prepare | None,
+) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+    """({task: logits}, fine labels) of every evaluation batch, the model in eval mode."""
+    model.eval()
+    for index, (images, labels) in enumerate(loader):
+        images = prepare(images, (0, index)) if prepare else images.to(device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(images)
+        yield logits, labels.to(device)
+
+
+@torch.no_grad()
+def fit_hierarchy(
+    run_dir: Path,
+    loader: DataLoader,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    prepare: Prepare | None = None,
+) -> dict[str, Any] | None:
+    """Fit the hierarchy weights of best.st on the validation `loader` and store them in best.st and last.st.
+
+    Returns the fit (None for a model without make/type heads; nothing is written then)."""
+    from carcli.checkpoint import load_checkpoint, load_model
+    from carcli.hierarchy import fit_weights
+
+    model, meta = load_model(run_dir / "best.st", str(device))
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    chunks: dict[str, list[Tensor]] = {}
+    for logits, labels in _eval_batches(model, loader, device, autocast_dtype, channels_last, prepare):
+        for task, z in {**logits, "labels": labels}.items():
+            chunks.setdefault(task, []).append(z.float().softmax(1).cpu() if task != "labels" else z.cpu())
+    labels = torch.cat(chunks.pop("labels"))
+    fit = fit_weights({task: torch.cat(parts) for task, parts in chunks.items()}, labels, meta)
+    for name in ("best.st", "last.st") if fit else ():
+        state, saved = load_checkpoint(run_dir / name)
+        save_checkpoint(run_dir / name, state, {**saved, "hierarchy": fit})
+    return fit
 
 
 # ---------------------------------------------------------------- records and files

@@ -17,6 +17,7 @@ from carcli.data.taxonomy import Taxonomy
 from carcli.distill import load_teachers
 from carcli.errors import CarcliError, UsageError
 from carcli.evaluate import evaluate
+from carcli.hierarchy import consistent_probs, fit_weights
 from carcli.models.weights import init_from_checkpoint
 from carcli.predict import predict
 from carcli.prune import prune_checkpoint
@@ -64,7 +65,8 @@ def test_init_keeps_the_head_when_the_classes_agree_and_only_the_backbone_otherw
 
 
 @pytest.mark.slow
-def test_train_init_starts_from_the_checkpoint_and_records_it(tiny_set, tmp_path):
+def test_train_init_starts_from_the_checkpoint_and_records_it(tiny_set, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "has_compiler", lambda: False)  # and --compile auto without a compiler
     names = load_dataset(tiny_set).class_names
     path = write_untrained_checkpoint(tmp_path / "stage1.st", names, "mtl", 32, seed=5)
     lines: list[str] = []
@@ -79,8 +81,10 @@ def test_train_init_starts_from_the_checkpoint_and_records_it(tiny_set, tmp_path
     out = tmp_path / "stage2"
     train(tiny_config(tiny_set, out, arch="mobilenetv2", head="mtl", init=str(path), lr=1e-9), Lines())
     assert any("backbone and mtl head" in line for line in lines)
+    assert any("no C++ compiler" in line and "eagerly" in line for line in lines)
     config = json.loads((out / "config.json").read_text())
     assert config["init"] == str(path) and config["arch"] == "ghostnet"  # the checkpoint's architecture
+    assert config["compile"] == "off"
     with pytest.raises(UsageError, match="either --weights or --init"):
         check_config(TrainConfig(weights="w.pth", init=str(path)))
 
@@ -91,9 +95,11 @@ def test_train_init_starts_from_the_checkpoint_and_records_it(tiny_set, tmp_path
 @pytest.mark.slow
 def test_the_stored_evaluation_size_is_used_by_eval_and_predict(tiny_set, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    train(tiny_config(tiny_set, out, eval_img_size=48))
+    train(tiny_config(tiny_set, out, eval_img_size=48, head="mtl"))
     meta = read_metadata(out / "best.st")
     assert meta["img_size"] == 48 and meta["train_img_size"] == 32 and meta["train"]["eval_img_size"] == 48
+    fit = meta["hierarchy"]  # fitted on the validation split at the end of training
+    assert set(fit["weights"]) == {"make", "type"} and fit["val_top1"] >= fit["val_plain_top1"]
 
     seen: list[int] = []
     real = evaluate_module.dataset_probs
@@ -106,9 +112,15 @@ def test_the_stored_evaluation_size_is_used_by_eval_and_predict(tiny_set, tmp_pa
     image = str(next((tiny_set / "val").rglob("*.png")))
     evaluate(out / "best.st", out=tmp_path / "eval", workers=0)
     predict([image], out / "best.st", workers=0)
-    evaluate(out / "best.st", out=tmp_path / "eval40", workers=0, img_size=40)
-    predict([image], out / "best.st", workers=0, img_size=40)
+    result = evaluate(out / "best.st", out=tmp_path / "eval40", workers=0, img_size=40, hierarchy=True)
+    answers = predict([image], out / "best.st", workers=0, img_size=40, hierarchy=True).predictions
     assert seen == [48, 48, 40, 40]
+    report = result.report["hierarchy"]
+    assert report["used"] and report["fitted"] and report["weights"] == fit["weights"]
+    assert {"top1", "plain_top1", "heads_agree"} <= set(report)
+    fine = meta["tasks"]["model"].index(answers[0].top_k[0]["label"])
+    for task in ("make", "type"):
+        assert answers[0].coarse[task]["label"] == meta["tasks"][task][meta["taxonomy"]["fine_to"][task][fine]]
 
 
 # ---------------------------------------------------------------- distillation
@@ -170,3 +182,64 @@ def test_prune_finetuning_distils_from_the_unpruned_model_unless_told_not_to(tin
         with pytest.raises(RuntimeError, match="stop here"):
             prune_checkpoint(path, tiny_set, "channel", 0.3, 1, tmp_path / f"p{teacher}.st", teacher=teacher)
     assert seen == [[str(path)], []]
+
+
+# ---------------------------------------------------------------- hierarchy-consistent answers
+
+
+def hierarchy_meta() -> dict:
+    taxonomy = Taxonomy.from_class_names(list(SMALL_CLASSES))
+    return {"tasks": taxonomy.tasks, "taxonomy": taxonomy.to_dict()}
+
+
+def test_hierarchy_consistent_answers_are_consistent_and_the_fit_uses_the_coarse_heads():
+    meta = hierarchy_meta()
+    fine_to = meta["taxonomy"]["fine_to"]
+    torch.manual_seed(0)
+    probs = {task: torch.rand(200, len(names)).softmax(1) for task, names in meta["tasks"].items() if task != "year"}
+    plain = probs["model"].argmax(1)
+    inconsistent = torch.tensor(fine_to["make"])[plain] != probs["make"].argmax(1)
+    assert inconsistent.any()  # random heads disagree: the test means something
+    consistent = consistent_probs(probs, meta)
+    top = consistent["model"].argmax(1)
+    for task in ("make", "type"):
+        assert torch.equal(torch.tensor(fine_to[task])[top], consistent[task].argmax(1))
+        assert torch.allclose(consistent[task].sum(1), torch.ones(200))
+    # the make head knows the truth, the fine head is unsure between the two Audis and a BMW: the fit leans on make
+    targets = torch.tensor([0, 2] * 50)
+    fine = torch.tensor([[0.30, 0.40, 0.30, 0.0, 0.0], [0.30, 0.40, 0.30, 0.0, 0.0]]).repeat(50, 1)
+    make_of = torch.tensor(fine_to["make"])
+    make = torch.nn.functional.one_hot(make_of[targets], len(meta["tasks"]["make"])).float() * 0.9 + 0.05
+    type_ = torch.full((100, len(meta["tasks"]["type"])), 1.0 / len(meta["tasks"]["type"]))
+    fit = fit_weights({"model": fine, "make": make, "type": type_}, targets, meta)
+    assert fit["weights"]["make"] > 0 and fit["weights"]["type"] == 0  # a useless head gets no weight
+    assert fit["val_top1"] > fit["val_plain_top1"]
+    assert fit_weights({"model": fine}, targets, meta) is None  # a linear head: nothing to combine
+    with pytest.raises(UsageError, match="make or type heads"):
+        consistent_probs({"model": fine}, meta)
+
+
+# ---------------------------------------------------------------- --compile auto
+
+
+def test_compile_auto_decides_from_the_measured_step_time(monkeypatch):
+    from carcli.compiling import COMPILE_SECONDS, initial_choice
+    from carcli.models.registry import create_model
+
+    compiled: list[torch.nn.Module] = []
+    monkeypatch.setattr(train_module, "_compiled", lambda net: compiled.append(net) or "compiled")
+    model = create_model("ghostnet", "linear", {"model": 4})  # depthwise: 1.25x expected
+    config = TrainConfig(batch_size=32, compile="auto")
+    lines: list[str] = []
+    reporter = type("R", (), {"info": staticmethod(lines.append)})()
+    # 32 images at 64 img/s = 0.5 s a step; 2000 steps left save 2000 * 0.5 * 0.2 = 200 s > the compile's 100 s
+    net = train_module._auto_compile(model, model, config, {"images_per_s": 64.0}, 2000, reporter, train_module.Dist())
+    assert net == "compiled" and compiled == [model] and config.compile == "on"
+    assert "compiling" in lines[-1] and f"{COMPILE_SECONDS:.0f} s" in lines[-1]
+    config.compile = "auto"  # 200 steps left: 20 s saved, not worth 100 s of compiling
+    net = train_module._auto_compile(model, model, config, {"images_per_s": 64.0}, 200, reporter, train_module.Dist())
+    assert net is model and config.compile == "off" and "staying eager" in lines[-1]
+    config.compile = "auto"  # the same 200 steps at 10 s each (a slow CPU) pay for it
+    net = train_module._auto_compile(model, model, config, {"images_per_s": 3.2}, 200, reporter, train_module.Dist())
+    assert net == "compiled"
+    assert initial_choice("auto", "cpu", compiler=False) == "off" and initial_choice("auto", "cuda", False) == "on"
