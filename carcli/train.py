@@ -19,6 +19,7 @@ state mid-epoch; `resume_config` + `train(..., resume=True)` continue a run exac
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import json
@@ -335,7 +336,8 @@ def _train(
             if record is not None:
                 reporter.epoch_end(record)
     if ddp.main and records:
-        _report_hierarchy(run_dir, val_loader, device, autocast_dtype, config, feed.prepare_val, reporter)
+        evaluated = ema.module if ema is not None else model
+        _report_hierarchy(run_dir, evaluated, val_loader, device, autocast_dtype, config, feed.prepare_val, reporter)
     seconds = time.perf_counter() - started
     images_per_s = float(np.mean([r["images_per_s"] for r in records])) if records else 0.0
     return TrainResult(
@@ -429,11 +431,11 @@ def _teachers(
 
 
 def _report_hierarchy(
-    run_dir: Path, loader: DataLoader, device: torch.device, autocast_dtype: torch.dtype | None,
+    run_dir: Path, model: nn.Module, loader: DataLoader, device: torch.device, autocast_dtype: torch.dtype | None,
     config: TrainConfig, prepare: Prepare, reporter: Reporter,
 ) -> None:  # fmt: skip
     """Fit and store best.st's hierarchy weights (multi-task heads), said in one line."""
-    fit = fit_hierarchy(run_dir, loader, device, autocast_dtype, config.channels_last, prepare)
+    fit = fit_hierarchy(run_dir, copy.deepcopy(model), loader, device, autocast_dtype, config.channels_last, prepare)
     if fit is not None:
         weights = ", ".join(f"{task} {w:g}" for task, w in fit["weights"].items())
         reporter.info(
@@ -991,6 +993,7 @@ def _eval_batches(
 @torch.no_grad()
 def fit_hierarchy(
     run_dir: Path,
+    model: nn.Module,
     loader: DataLoader,
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
@@ -999,13 +1002,13 @@ def fit_hierarchy(
 ) -> dict[str, Any] | None:
     """Fit the hierarchy weights of best.st on the validation `loader` and store them in best.st and last.st.
 
+    `model` is a copy of the trained model (its structure: pruned, masked) that takes best.st's tensors.
     Returns the fit (None for a model without make/type heads; nothing is written then)."""
-    from carcli.checkpoint import load_checkpoint, load_model
+    from carcli.checkpoint import load_checkpoint
     from carcli.hierarchy import fit_weights
 
-    model, meta = load_model(run_dir / "best.st", str(device))
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    best, meta = load_checkpoint(run_dir / "best.st")
+    model.load_state_dict(best)
     chunks: dict[str, list[Tensor]] = {}
     for logits, labels in _eval_batches(model, loader, device, autocast_dtype, channels_last, prepare):
         for task, z in {**logits, "labels": labels}.items():
