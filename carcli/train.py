@@ -292,6 +292,7 @@ def _train(
         + (f"; resuming after epoch {progress.epoch}, step {progress.step}" if resume else "")
     )
     writer = _tensorboard(run_dir, config, ddp)
+    undecided_compile = config.compile == "auto"
     stopped_early = False
     with _stop_on_sigint() as stop, _closing(writer):  # also when a reporter stops the run (a pruned trial)
         for epoch in range(progress.epoch + 1, config.epochs + 1):
@@ -315,7 +316,8 @@ def _train(
                     f"interrupted in epoch {epoch} after step {progress.step}; resumable state saved in {run_dir} "
                     f"(continue with: carcli train --resume {run_dir})"
                 )
-            if config.compile == "auto":
+            if undecided_compile:  # config keeps "auto": a rerun of this config decides afresh
+                undecided_compile = False
                 steps_left = (config.epochs - epoch) * steps_per_epoch
                 net = _auto_compile(net, model, config, train_stats, steps_left, reporter, ddp)
             record = None
@@ -722,7 +724,6 @@ def _auto_compile(
     step_seconds = (config.batch_size or 1) / max(1e-9, train_stats["images_per_s"])
     decision = _broadcast(decide(step_seconds, steps_left, has_depthwise_conv(model)), ddp)
     reporter.info(decision.why)
-    config.compile = "on" if decision.compile else "off"
     return _compiled(net) if decision.compile else net
 
 
