@@ -103,6 +103,14 @@ def load_model(path: Path, device: str = "cpu") -> tuple[nn.Module, dict[str, An
     return build_model(meta, state, str(path)).to(device).eval(), meta
 
 
+def at_size(meta: dict[str, Any], img_size: int | None) -> dict[str, Any]:
+    """`meta` with its evaluation size replaced by `img_size` (`--img-size` of eval and predict; None: as stored)."""
+    if img_size is None:
+        return meta
+    check_img_size(img_size, bool((meta.get("train") or {}).get("allow_large_images")))
+    return {**meta, "img_size": img_size}
+
+
 def build_model(meta: dict[str, Any], state: dict[str, Tensor], source: str) -> nn.Module:
     """The model `meta` describes with the tensors of `state` loaded; `source` names it in errors.
 

@@ -194,6 +194,15 @@ def train(
         render_train_summary(result)
 
 
+# issue 14: options shared by eval and predict
+EvalSize = Annotated[
+    int | None, typer.Option(help="Input size (default: the evaluation size stored in the checkpoint).")
+]
+Hierarchy = Annotated[
+    bool, typer.Option(help="Hierarchy-consistent answers: fine x make^a x type^b (multi-task checkpoints).")
+]
+
+
 @app.command("eval")
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A .st checkpoint, or an .onnx model made by `carcli export`.")],
@@ -226,6 +235,8 @@ def evaluate(
     calibrated_out: Annotated[
         Path | None, typer.Option("-o", "--calibrated-out", help="With --calibrate: write a new .st instead.")
     ] = None,
+    img_size: EvalSize = None,
+    hierarchy: Hierarchy = False,
 ) -> None:
     """Per-task metrics, calibration, confusion matrices and reports for a checkpoint on a data set."""
     usage.check_eval(checkpoint, data, split, crop, tta, batch_size, device)
@@ -236,6 +247,7 @@ def evaluate(
         result = run_eval(
             checkpoint, data, split, out, tta, crop, submission, batch_size, workers, device, reporter=reporter,
             calibrate=calibrate, calibrated_out=calibrated_out,
+            img_size=img_size, hierarchy=hierarchy,
         )  # fmt: skip
     if json_output:
         print_json_line(result.report)
@@ -260,6 +272,9 @@ def prune(
         "magnitude"
     ),
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tune the pruned model this many epochs.")] = 0,
+    teacher: Annotated[
+        bool, typer.Option(help="With --finetune-epochs: distil from the unpruned model (default on).")
+    ] = True,
     out: Annotated[
         Path | None,
         typer.Option("-o", "--out", help="Pruned .st (default beside the checkpoint); with --sweep the CSV."),
@@ -283,7 +298,7 @@ def prune(
         return
     assert rate is not None
     with RichReporter() as reporter:
-        result = prune_checkpoint(checkpoint, data, method, rate, finetune_epochs, out, reporter)
+        result = prune_checkpoint(checkpoint, data, method, rate, finetune_epochs, out, reporter, teacher)
     render_table(f"{method} pruning at rate {rate}", ("", "before", "after"), result.rows())
     print_info(f"pruned checkpoint: {result.out}")
 
@@ -376,6 +391,8 @@ def predict(
     crop: Annotated[str | None, typer.Option(help="cam: predict again on the Grad-CAM crop, average both.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    img_size: EvalSize = None,
+    hierarchy: Hierarchy = False,
 ) -> None:
     """Top-k predictions (model, make, type, year) for images."""
     usage.check_predict(model, top_k, batch_size, explain, saliency, crop, device)
@@ -384,8 +401,9 @@ def predict(
 
     with RichStages() as reporter:
         result = run_predict(
-            images, model, top_k, csv, explain, saliency, crop, batch_size, device=device, reporter=reporter
-        )
+            images, model, top_k, csv, explain, saliency, crop, batch_size, device=device, reporter=reporter,
+            img_size=img_size, hierarchy=hierarchy,
+        )  # fmt: skip
     if json_output:
         for answer in result.predictions:
             print_json_line(answer.to_json())

@@ -277,6 +277,13 @@ def render_eval(result: EvalResult) -> None:
             ("task", "head top-1", "mapped-up top-1", "head agrees with it"),
             [(t, _percent(m["top1"]), _percent(m["implied_top1"]), _percent(m["agreement"])) for t, m in hierarchy],
         )
+    if "hierarchy" in report:  # issue 14: hierarchy-consistent answers
+        h = report["hierarchy"]
+        console.print(
+            f"hierarchy-consistent model top-1 {_percent(h['top1'])} (fine head alone {_percent(h['plain_top1'])}; "
+            f"heads agree on {_percent(h['heads_agree'])} of the images){' - used' if h['used'] else ''}",
+            highlight=False,
+        )
     if result.most_confused:
         title = f"most confused pairs (top {len(result.most_confused)})"
         table = _table(title, ("true class", "predicted as", "images", "share"), left={0, 1})

@@ -32,7 +32,7 @@ from carcli.calibration import (
     temperatures_of,
     tempered,
 )
-from carcli.checkpoint import trained_on
+from carcli.checkpoint import at_size, trained_on
 from carcli.data.images import ImageDataset, find_unreadable
 from carcli.data.layouts import DataSet, Sample
 from carcli.data.splits import align_labels, sample_targets, split_samples
@@ -344,19 +344,24 @@ def evaluate(
     reporter: StageReporter | None = None,
     calibrate: bool = False,
     calibrated_out: Path | None = None,
+    img_size: int | None = None,
+    hierarchy: bool = False,
 ) -> EvalResult:
     """The `carcli eval` job: metrics and reports of `checkpoint` (.st or .onnx) on a split of `data`, in `out`.
 
     `data` defaults to the data set the checkpoint was trained on; `split` to its val split (else
-    test); `out` to `eval-<split>` beside the checkpoint. `calibrate` fits a temperature per task on
-    the val split and stores it in the checkpoint (or in a copy at `calibrated_out`).
+    test); `out` to `eval-<split>` beside the checkpoint; `img_size` to the size stored in the checkpoint.
+    `calibrate` fits a temperature per task on the val split and stores it in the checkpoint (or in a copy
+    at `calibrated_out`). `hierarchy` scores hierarchy-consistent answers (carcli.hierarchy); the report
+    has both either way.
     """
     started = time.perf_counter()
     reporter = reporter or SilentStages()
     check_eval(checkpoint, data, split, crop, tta, batch_size, device)
     _check_outputs(out, submission)
-    _check_model_options(checkpoint, crop, tta, calibrate, calibrated_out)
+    _check_model_options(checkpoint, crop, tta, calibrate, calibrated_out, hierarchy or img_size is not None)
     model, meta, where = load_scorer(checkpoint, device)
+    meta = at_size(meta, img_size)
     data = data or trained_on(meta, checkpoint)
     dataset, samples, split = split_samples(meta, data, split)
     if calibrate and split != "val":
@@ -372,11 +377,12 @@ def evaluate(
     plan = plan_submission(submission, dataset, split, samples, meta) if submission is not None else None
     out_dir = out or checkpoint.parent / f"eval-{split}"
     reporter.info(f"evaluating {checkpoint} on {len(samples)} {split} images of {data} ({where})")
-    plain, probs = _run(model, meta, samples, tta, crop, batch_size, workers, where, reporter)
+    plain, raw = _run(model, meta, samples, tta, crop, batch_size, workers, where, reporter)
     calibration = None
     if calibrate:
-        probs, calibration = _calibrate(checkpoint, meta, probs, sample_targets(samples, to_fine, meta, list(probs)))
+        raw, calibration = _calibrate(checkpoint, meta, raw, sample_targets(samples, to_fine, meta, list(raw)))
         calibration["checkpoint"] = str(rewrite_calibration(checkpoint, meta, calibration, calibrated_out))
+    probs, hierarchy_entry = _hierarchy(raw, sample_targets(samples, to_fine, meta, [FINE])[FINE], meta, hierarchy)
     result = _score(meta, samples, to_fine, probs, plain, out_dir)
     if unreadable:
         result.files.append(out_dir / "unreadable.txt")
@@ -394,6 +400,7 @@ def evaluate(
         "tasks": result.report["tasks"],
         "temperatures": calibration["temperatures"] if calibration else temperatures_of(meta),
         **({"calibration": calibration} if calibration else {}),
+        **hierarchy_entry,
         "seconds": round(time.perf_counter() - started, 3),
     }
     result.files.insert(0, out_dir / "eval.json")
@@ -410,16 +417,37 @@ def _check_outputs(out: Path | None, submission: Path | None) -> None:
 
 
 def _check_model_options(
-    checkpoint: Path, crop: str | None, tta: bool, calibrate: bool, calibrated_out: Path | None
+    checkpoint: Path, crop: str | None, tta: bool, calibrate: bool, calibrated_out: Path | None, st_only: bool
 ) -> None:
-    if is_onnx(checkpoint) and (crop or tta or calibrate):
-        raise UsageError("--tta, --crop and --calibrate need the .st checkpoint; an .onnx model scores plain views")
+    if is_onnx(checkpoint) and (crop or tta or calibrate or st_only):
+        raise UsageError(
+            "--tta, --crop, --calibrate, --hierarchy and --img-size need the .st checkpoint; "
+            "an .onnx model scores plain views at its own size"
+        )
     if calibrate and (crop or tta):
         raise UsageError("--calibrate fits the plain view the deployed model sees; drop --tta / --crop")
     if calibrated_out is not None and not calibrate:
         raise UsageError("-o names the calibrated checkpoint to write: give --calibrate too")
     if calibrated_out is not None and calibrated_out.suffix != ".st":
         raise UsageError("-o: the calibrated checkpoint is a .st file")
+
+
+def _hierarchy(
+    raw: dict[str, Any], fine_targets: np.ndarray, meta: dict[str, Any], used: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The probabilities to score (hierarchy-consistent when `used`) and eval.json's "hierarchy" entry.
+
+    An .onnx model carries no fitted weights (and is refused with `used`): its probabilities pass as they are.
+    """
+    if not used and "hierarchy" not in meta:
+        return raw, {}
+    import torch
+
+    from carcli.hierarchy import consistent_probs, hierarchy_report
+
+    tensors = {task: torch.as_tensor(np.asarray(p)) for task, p in raw.items()}
+    probs = consistent_probs(tensors, meta) if used else raw
+    return probs, hierarchy_report(tensors, torch.as_tensor(fine_targets), meta, used)
 
 
 def _run(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from carcli.calibration import temperatures_of
+from carcli.checkpoint import at_size
 from carcli.data.finding import expand_inputs
 from carcli.data.images import image_problems
 from carcli.data.layouts import Sample
@@ -158,6 +159,8 @@ def predict(
     workers: int | None = None,
     device: str = "auto",
     reporter: StageReporter | None = None,
+    img_size: int | None = None,
+    hierarchy: bool = False,
 ) -> PredictResult:
     """The `carcli predict` job: an answer for every readable image among `inputs`; the CSV and overlays asked for."""
     started = time.perf_counter()
@@ -167,9 +170,12 @@ def predict(
     if model_path is None:
         model_path = newest_checkpoint()
         reporter.info(f"using the newest checkpoint: {model_path}")
-    if is_onnx(model_path) and (crop or explain_dir):
-        raise UsageError("--crop and --explain need the .st checkpoint (they use gradients); not an .onnx model")
+    if is_onnx(model_path) and (crop or explain_dir or img_size):
+        raise UsageError(
+            "--crop, --explain and --img-size need the .st checkpoint; an .onnx model has its own size and no gradients"
+        )
     model, meta, torch_device = load_scorer(model_path, device)
+    meta = at_size(meta, img_size)  # None: the checkpoint's evaluation size
     paths, skipped = gather_images(inputs)
     for name, why in skipped:
         reporter.warn(f"skipped {name}: {why}")
@@ -186,6 +192,10 @@ def predict(
         probs = cam_crop_probs(model, meta, samples, reporter=reporter, **run)[1]
     else:
         probs = sample_probs(model, meta, samples, progress=reporter.stage("predicting", len(samples)), **run)
+    if hierarchy:
+        from carcli.hierarchy import consistent_probs
+
+        probs = consistent_probs(probs, meta)
     result = PredictResult(model_path, image_predictions(paths, probs, meta, top_k), skipped)
     if csv_path is not None:
         write_predictions_csv(result.predictions, csv_path, top_k)

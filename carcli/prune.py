@@ -228,8 +228,11 @@ def prune_checkpoint(
     finetune_epochs: int = 0,
     out: Path | None = None,
     reporter: Reporter | None = None,
+    teacher: bool = True,
 ) -> PruneResult:
-    """Prune `checkpoint` at `rate`, fine-tune it when asked, write it to `out`, and measure both models."""
+    """Prune `checkpoint` at `rate`, fine-tune it when asked, write it to `out`, and measure both models.
+
+    The fine-tuning distils from the unpruned `checkpoint` unless `teacher` is False."""
     check_prune(checkpoint, data, method, rate, finetune_epochs)
     out = out or checkpoint.with_name(f"{checkpoint.stem}-{method}{round(100 * rate)}.st")
     if out.resolve() == checkpoint.resolve():
@@ -248,7 +251,8 @@ def prune_checkpoint(
     say(f"{method} pruning at rate {rate}: {count_parameters(model)[0] / 1e6:.3f} M parameters, {zeros:.1%} zero")
     finetune_run = None
     if finetune_epochs:
-        finetune_run = _finetune(model, pruned_meta, data, finetune_epochs, out, reporter)
+        distil_from = [str(checkpoint)] if teacher else []
+        finetune_run = _finetune(model, pruned_meta, data, finetune_epochs, out, reporter, distil_from)
         state, pruned_meta = load_checkpoint(finetune_run / "best.st")
         save_checkpoint(out, state, pruned_meta)
     else:
@@ -260,9 +264,16 @@ def prune_checkpoint(
 
 
 def _finetune(
-    model: nn.Module, meta: dict[str, Any], data: Path, epochs: int, out: Path, reporter: Reporter | None
+    model: nn.Module,
+    meta: dict[str, Any],
+    data: Path,
+    epochs: int,
+    out: Path,
+    reporter: Reporter | None,
+    teachers: list[str],
 ) -> Path:
-    """Train the pruned model for `epochs` on the checkpoint's own split; returns the run folder."""
+    """Train the pruned model for `epochs` on the checkpoint's own split (distilling from `teachers`);
+    returns the run folder."""
     from carcli.train import TrainConfig, train
 
     run_dir = out.with_name(f"{out.stem}-finetune")
@@ -276,11 +287,13 @@ def _finetune(
             "data": str(data),
             "arch": meta["arch"],
             "head": meta["head"],
-            "img_size": meta["img_size"],
+            "img_size": meta.get("train_img_size", meta["img_size"]),
             "epochs": epochs,
             "warmup_epochs": 0.0,
             "weights": None,
             "pretrained": False,
+            "init": None,
+            "teacher": teachers,
             "out": str(run_dir),
         }
     )

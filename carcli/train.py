@@ -19,6 +19,7 @@ state mid-epoch; `resume_config` + `train(..., resume=True)` continue a run exac
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import json
@@ -41,7 +42,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from carcli import __version__
-from carcli.checkpoint import save_checkpoint
+from carcli.checkpoint import read_metadata, save_checkpoint
+from carcli.compiling import decide, has_compiler, initial_choice, wants_compile
 from carcli.config import apply_options
 from carcli.data import demo
 from carcli.data.batch_augment import BatchAugment, batchable
@@ -52,12 +54,13 @@ from carcli.data.sampling import EpochSampler, class_balanced_weights
 from carcli.data.taxonomy import FINE, Taxonomy
 from carcli.data.transforms import batch_mixer, eval_transform, train_transform
 from carcli.device import cpu_has_bf16, resolve_device
+from carcli.distill import Teachers, fingerprint, load_teachers
 from carcli.errors import CarcliError, Interrupted, UsageError
 from carcli.files import check_output_dir, write_error, write_text
 from carcli.losses import inverse_frequency_weights, multitask_loss
 from carcli.models.heads import CarcliModel
 from carcli.models.registry import create_model, get_arch
-from carcli.models.weights import load_backbone_weights
+from carcli.models.weights import init_from_checkpoint, load_backbone_weights
 from carcli.optim import build_optimizer, build_scheduler, fast_forward
 from carcli.paths import RUNS_DIR, cache_home, data_home
 from carcli.plots import plot_curves
@@ -210,8 +213,11 @@ def _train(
     spec = get_arch(config.arch)  # an unknown arch is a usage error: before any notice about the data
     with _main_first(ddp):
         dataset = _load_data(config, reporter)
+    asked_compile = config.compile
     _resolve_defaults(config, dataset, device, ddp)
     check_config(config)
+    if asked_compile == "auto" and config.compile == "off":
+        reporter.info("--compile auto: no C++ compiler found (torch.compile needs one on CPUs); training eagerly")
     taxonomy = Taxonomy.from_class_names(dataset.class_names)
     tasks = {task: len(names) for task, names in taxonomy.tasks.items()}
     _check_loss_weights(config.loss_weights, config.head, tasks)
@@ -219,12 +225,16 @@ def _train(
 
     _seed_everything(config.seed + ddp.rank)
     _share_cores(device, config.workers or 0, ddp)
+    if model is None and config.init:
+        model, kept = init_from_checkpoint(Path(config.init), config.head, taxonomy.tasks, config.drop_rate)
+        reporter.info(kept)
     if model is None:
         model = create_model(config.arch, config.head, tasks, config.pretrained, config.drop_rate)
     if config.weights and not resume:
         report = load_backbone_weights(model.backbone, Path(config.weights))
         reporter.info(f"loaded {report.loaded} backbone tensors from {config.weights} (matched by {report.mode})")
     model.to(device)
+    teachers = _teachers(config, taxonomy, spec.mean, spec.std, device, reporter)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     precision = auto_precision(device, model) if config.precision == "auto" else config.precision
@@ -235,7 +245,9 @@ def _train(
     train_samples, val_samples = _readable_splits(dataset, run_dir, reporter, ddp, config.val_fraction == 0)
 
     img_size = config.img_size or spec.img_size
-    feed = _feed(config, train_samples, val_samples, img_size, spec.mean, spec.std, device, reporter, ddp)
+    eval_size = config.eval_img_size or img_size
+    sizes = (img_size, eval_size)
+    feed = _feed(config, train_samples, val_samples, sizes, spec.mean, spec.std, device, reporter, ddp)
     train_set, val_set = feed.train_set, feed.val_set
     train_labels = [s.label for s in train_samples]
     balance = class_balanced_weights(train_labels) if config.balance == "sampler" else None
@@ -272,18 +284,20 @@ def _train(
         progress = _restore(state, model, optimizer, scheduler, ema, scaler)
     net = _wrap_for_training(model, config, ddp, device)
 
-    meta_base = {**_metadata_base(config, spec.mean, spec.std, img_size, taxonomy, dataset), **(extra_meta or {})}
+    meta_base = {**_metadata_base(config, spec.mean, spec.std, sizes, taxonomy, dataset), **(extra_meta or {})}
     records = _previous_records(run_dir, progress.epoch) if resume else []
     if ddp.main:
-        run_info = _run_info(device, precision, parameters, dataset, ddp)
+        run_info = {**_run_info(device, precision, parameters, dataset, ddp), **_teacher_sums(config, run_dir, resume)}
         _write_json(run_dir / "config.json", {**meta_base["train"], "run": run_info})
     reporter.info(
-        f"{config.arch} + {config.head} head, {parameters / 1e6:.2f} M parameters, {img_size} px, "
+        f"{config.arch} + {config.head} head, {parameters / 1e6:.2f} M parameters, {img_size} px"
+        f"{f' (validated at {eval_size} px)' if eval_size != img_size else ''}, "
         f"on {device} in {precision}{f' x {ddp.world} processes' if ddp.world > 1 else ''}; "
         f"{len(train_samples)} train / {len(val_samples)} {dataset.eval_split} images; run folder {run_dir}"
         + (f"; resuming after epoch {progress.epoch}, step {progress.step}" if resume else "")
     )
     writer = _tensorboard(run_dir, config, ddp)
+    undecided_compile = config.compile == "auto"
     stopped_early = False
     with _stop_on_sigint() as stop, _closing(writer):  # also when a reporter stops the run (a pruned trial)
         for epoch in range(progress.epoch + 1, config.epochs + 1):
@@ -300,7 +314,7 @@ def _train(
             try:
                 train_stats = _train_one_epoch(
                     net, model, train_loader, feed.prepare_train, optimizer, scheduler, scaler, ema, autocast_dtype,
-                    fine_to, class_weights, mixer, config, device, reporter, progress, stop,
+                    fine_to, class_weights, mixer, config, device, reporter, progress, stop, teachers,
                 )  # fmt: skip
             except NonFiniteLoss as exc:
                 raise CarcliError(f"{exc}; {_what_was_kept(run_dir, progress)}") from None
@@ -310,6 +324,10 @@ def _train(
                     f"interrupted in epoch {epoch} after step {progress.step}; resumable state saved in {run_dir} "
                     f"(continue with: carcli train --resume {run_dir})"
                 )
+            if undecided_compile:  # config keeps "auto": a rerun of this config decides afresh
+                undecided_compile = False
+                steps_left = (config.epochs - epoch) * steps_per_epoch
+                net = _auto_compile(net, model, config, train_stats, steps_left, reporter, ddp)
             record = None
             if ddp.main:
                 evaluated = ema.module if ema is not None else model
@@ -331,6 +349,9 @@ def _train(
             _save_state(run_dir, model, optimizer, ema, scaler, progress, ddp)
             if record is not None:
                 reporter.epoch_end(record)
+    if ddp.main and records:
+        evaluated = ema.module if ema is not None else model
+        _report_hierarchy(run_dir, evaluated, val_loader, device, autocast_dtype, config, feed.prepare_val, reporter)
     seconds = time.perf_counter() - started
     images_per_s = float(np.mean([r["images_per_s"] for r in records])) if records else 0.0
     result = TrainResult(
@@ -407,10 +428,14 @@ def _load_data(config: TrainConfig, reporter: Reporter) -> DataSet:
 def _resolve_defaults(config: TrainConfig, dataset: DataSet, device: torch.device, ddp: Dist) -> None:
     """Fill unset options: the demo set recommends its own size and schedule; others use general defaults."""
     is_demo = config.data is None
+    if config.init:  # a later stage of a trained model: its architecture
+        config.arch = read_metadata(Path(config.init))["arch"]
     if config.img_size is None and is_demo:
         config.img_size = demo.DEMO_IMG_SIZE
     if config.img_size is None:
         config.img_size = get_arch(config.arch).img_size
+    if config.eval_img_size is None:
+        config.eval_img_size = config.img_size
     if config.epochs is None:
         config.epochs = demo.DEMO_EPOCHS if is_demo else DEFAULT_EPOCHS
     if config.batch_size is None:
@@ -424,12 +449,54 @@ def _resolve_defaults(config: TrainConfig, dataset: DataSet, device: torch.devic
             config.workers = 0  # a batch is a memory copy; every core goes to the model
         else:
             config.workers = min(8, cores) if device.type == "cuda" else min(8, cores // 2)
-    if config.compile is None:
-        config.compile = device.type == "cuda"
+    config.compile = initial_choice(config.compile, device.type, has_compiler())
     if config.data is None:
         config.data = str(dataset.root)
     for name, value in asdict(config.augment_parts).items():  # record the preset's values: runs describe themselves
         setattr(config, name, value)
+
+
+def _teachers(
+    config: TrainConfig, taxonomy: Taxonomy, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+    reporter: Reporter,
+) -> Teachers | None:  # fmt: skip
+    """The --teacher models on `device` (None without any), announced in one line."""
+    if not config.teacher:
+        return None
+    teachers = load_teachers(config.teacher, taxonomy.tasks, mean, std, device)
+    reporter.info(
+        f"distilling from {', '.join(config.teacher)} (weight {config.distill_weight:g}, "
+        f"temperature {config.distill_temperature:g}; teachers at {', '.join(map(str, teachers.sizes))} px)"
+    )
+    return teachers
+
+
+def _report_hierarchy(
+    run_dir: Path, model: nn.Module, loader: DataLoader, device: torch.device, autocast_dtype: torch.dtype | None,
+    config: TrainConfig, prepare: Prepare, reporter: Reporter,
+) -> None:  # fmt: skip
+    """Fit and store best.st's hierarchy weights (multi-task heads), said in one line."""
+    fit = fit_hierarchy(run_dir, copy.deepcopy(model), loader, device, autocast_dtype, config.channels_last, prepare)
+    if fit is not None:
+        weights = ", ".join(f"{task} {w:g}" for task, w in fit["weights"].items())
+        reporter.info(
+            f"hierarchy weights fitted on validation ({weights}): {FINE} top-1 {fit['val_top1']:.1%} "
+            f"combined, {fit['val_plain_top1']:.1%} fine head alone (eval/predict --hierarchy use them)"
+        )
+
+
+def _teacher_sums(config: TrainConfig, run_dir: Path, resume: bool) -> dict[str, list[str]]:
+    """{"teacher_sha256": [...]} for config.json's run entry; a resumed run refuses teachers whose files changed."""
+    if not config.teacher:
+        return {}
+    sums = [fingerprint(path) for path in config.teacher]
+    started = json.loads((run_dir / "config.json").read_text()).get("run", {}) if resume else {}
+    if resume and started.get("teacher_sha256") != sums:
+        raise CarcliError(
+            f"--resume: the teacher files ({', '.join(config.teacher)}) are not the ones this run started with; "
+            "restore them or start a new run"
+        )
+    return {"teacher_sha256": sums}
 
 
 def _check_loss_weights(weights: dict[str, float], head: str, tasks: dict[str, int]) -> None:
@@ -566,15 +633,18 @@ def _feed(
     config: TrainConfig,
     train_samples: list[Sample],
     val_samples: list[Sample],
-    img_size: int,
+    sizes: tuple[int, int],
     mean: tuple[float, ...],
     std: tuple[float, ...],
     device: torch.device,
     reporter: Reporter,
     ddp: Dist,
 ) -> Feed:
-    """Decode-every-epoch data sets, or (`cache`) the prepared store with augmentation on the device."""
+    """Decode-every-epoch data sets, or (`cache`) the prepared store with augmentation on the device.
+
+    `sizes`: the training and the validation image size."""
     augment = config.augment_parts
+    img_size, eval_size = sizes
     crop = config.bbox_margin if config.crop_to_bbox else None
 
     def to_device(images: Tensor, key: tuple[int, int]) -> Tensor:
@@ -582,14 +652,17 @@ def _feed(
 
     if not config.cache:
         train_set = ImageDataset(train_samples, train_transform(img_size, mean, std, augment), img_size, crop)
-        return Feed(train_set, ImageDataset(val_samples, eval_transform(img_size, mean, std), img_size, crop),
+        return Feed(train_set, ImageDataset(val_samples, eval_transform(eval_size, mean, std), eval_size, crop),
                     to_device, to_device)  # fmt: skip
     with _main_first(ddp):
         train_store, val_store = (
-            _store(samples, store_side(img_size, training), crop, device, reporter)
-            for samples, training in ((train_samples, True), (val_samples or train_samples[:1], False))
+            _store(samples, store_side(size, training), crop, device, reporter)
+            for samples, size, training in (
+                (train_samples, img_size, True),
+                (val_samples or train_samples[:1], eval_size, False),
+            )
         )  # --val-fraction 0: a one-image placeholder val store that is never read
-    val_feed = PackedDataset(val_store), BatchAugment(img_size, mean, std, None, device)
+    val_feed = PackedDataset(val_store), BatchAugment(eval_size, mean, std, None, device)
     if batchable(augment):
         on_device = BatchAugment(img_size, mean, std, augment, device, config.seed + ddp.rank)
         return Feed(PackedDataset(train_store), val_feed[0], on_device, val_feed[1])
@@ -688,12 +761,26 @@ def _wrap_for_training(model: CarcliModel, config: TrainConfig, ddp: Dist, devic
         staged = config.freeze_backbone or config.unfreeze_after > 0
         ids = [device.index] if device.type == "cuda" else None
         net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=staged)
-    if config.compile:
-        import torch._dynamo
+    return _compiled(net) if wants_compile(config.compile) else net
 
-        torch._dynamo.config.suppress_errors = True  # a part that fails to compile runs eagerly, the run goes on
-        net = torch.compile(net)  # type: ignore[assignment]
-    return net
+
+def _compiled(net: nn.Module) -> nn.Module:
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True  # a part that fails to compile runs eagerly, the run goes on
+    return torch.compile(net)  # type: ignore[return-value]
+
+
+def _auto_compile(
+    net: nn.Module, model: CarcliModel, config: TrainConfig, train_stats: dict[str, Any], steps_left: int,
+    reporter: Reporter, ddp: Dist,
+) -> nn.Module:  # fmt: skip
+    """`--compile auto` on a CPU, after the first epoch: compile `net` for the rest of the run if it pays
+    (carcli.compiling.decide, from the measured step time); every process follows rank 0's decision."""
+    step_seconds = (config.batch_size or 1) / max(1e-9, train_stats["images_per_s"])
+    decision = _broadcast(decide(step_seconds, steps_left, has_depthwise_conv(model)), ddp)
+    reporter.info(decision.why)
+    return _compiled(net) if decision.compile else net
 
 
 def _set_trainable(model: CarcliModel, frozen: bool) -> None:
@@ -824,6 +911,7 @@ def _train_one_epoch(
     reporter: Reporter,
     progress: Progress,
     stop: threading.Event,
+    teachers: Teachers | None = None,
 ) -> dict[str, Any]:
     seen, loss_sum, correct = 0, 0.0, 0
     lr = optimizer.param_groups[-1]["lr"]
@@ -850,6 +938,8 @@ def _train_one_epoch(
                 loss, _ = multitask_loss(
                     logits, targets, config.loss_weights, config.label_smoothing, class_weights, config.loss == "cot"
                 )
+                if teachers is not None:
+                    loss = loss + config.distill_weight * teachers.loss(images, logits, config.distill_temperature)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(loss.item())
             _backward(loss / config.accum_steps, scaler)
@@ -933,17 +1023,10 @@ def validate(
     prepare: Prepare | None = None,
 ) -> dict[str, Any]:
     """Mean loss (sum over tasks, no smoothing) and top-1 / top-5 per task on a loader."""
-    model.eval()
     seen, loss_sum = 0, 0.0
     top1: dict[str, int] = {}
     top5: dict[str, int] = {}
-    for index, (images, labels) in enumerate(loader):
-        images = prepare(images, (0, index)) if prepare else images.to(device)
-        labels = labels.to(device)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(images)
+    for logits, labels in _eval_batches(model, loader, device, autocast_dtype, channels_last, prepare):
         targets = _targets(labels, fine_to, logits)
         loss, _ = multitask_loss({t: z.float() for t, z in logits.items()}, targets)
         seen += labels.numel()
@@ -958,6 +1041,56 @@ def validate(
         "top1": {t: c / max(1, seen) for t, c in top1.items()},
         "top5": {t: c / max(1, seen) for t, c in top5.items()},
     }
+
+
+def _eval_batches(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    channels_last: bool,
+    prepare: Prepare | None,
+) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+    """({task: logits}, fine labels) of every evaluation batch, the model in eval mode."""
+    model.eval()
+    for index, (images, labels) in enumerate(loader):
+        images = prepare(images, (0, index)) if prepare else images.to(device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(images)
+        yield logits, labels.to(device)
+
+
+@torch.no_grad()
+def fit_hierarchy(
+    run_dir: Path,
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    prepare: Prepare | None = None,
+) -> dict[str, Any] | None:
+    """Fit the hierarchy weights of best.st on the validation `loader` and store them in best.st and last.st.
+
+    `model` is a copy of the trained model (its structure: pruned, masked) that takes best.st's tensors.
+    Returns the fit (None for a model without make/type heads; nothing is written then)."""
+    from carcli.checkpoint import load_checkpoint
+    from carcli.hierarchy import fit_weights
+
+    best, meta = load_checkpoint(run_dir / "best.st")
+    model.load_state_dict(best)
+    chunks: dict[str, list[Tensor]] = {}
+    for logits, labels in _eval_batches(model, loader, device, autocast_dtype, channels_last, prepare):
+        for task, z in {**logits, "labels": labels}.items():
+            chunks.setdefault(task, []).append(z.float().softmax(1).cpu() if task != "labels" else z.cpu())
+    labels = torch.cat(chunks.pop("labels"))
+    fit = fit_weights({task: torch.cat(parts) for task, parts in chunks.items()}, labels, meta)
+    for name in ("best.st", "last.st") if fit else ():
+        state, saved = load_checkpoint(run_dir / name)
+        save_checkpoint(run_dir / name, state, {**saved, "hierarchy": fit})
+    return fit
 
 
 # ---------------------------------------------------------------- records and files
@@ -1057,14 +1190,15 @@ def _metadata_base(
     config: TrainConfig,
     mean: tuple[float, ...],
     std: tuple[float, ...],
-    img_size: int,
+    sizes: tuple[int, int],
     taxonomy: Taxonomy,
     dataset: DataSet,
 ) -> dict[str, Any]:
     return {
         "arch": config.arch,
         "head": config.head,
-        "img_size": img_size,
+        "img_size": sizes[1],  # what eval, predict and export feed the model
+        "train_img_size": sizes[0],
         "mean": list(mean),
         "std": list(std),
         "tasks": taxonomy.tasks,

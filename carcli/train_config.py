@@ -40,6 +40,7 @@ PRESETS = ("none", "light", "standard", "strong")  # carcli.data.transforms.PRES
 AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")  # carcli.data.transforms
 DEVICES = ("auto", "cpu", "cuda")  # carcli.device
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPILE_CHOICES = ("auto", "on", "off")  # carcli.compiling; older runs: True/False = on/off, None = auto
 BALANCES = ("none", "sampler", "weights")
 AUGMENT_PARTS = (  # the fields of carcli.data.transforms.Augment
     "crop_scale", "hflip", "affine_degrees", "affine_translate", "affine_scale", "affine_shear",
@@ -61,6 +62,8 @@ class Option:
     choices: tuple[str, ...] = ()
     cli_type: Any = None  # the flag's value type when it is not the field's (a list read from "10,20", say)
     parse: Callable[[Any], Any] | None = None  # flag value -> field value
+    negated: str | None = None  # the value of a hidden `--no-NAME` flag (`--no-compile`: "off")
+    metavar: str | None = None  # the value's name in --help when the type's would be unclear (a repeatable list)
 
     def problem(self, flag: str, value: Any) -> str | None:
         """Why `value` is refused for this option (None: accepted; None values are unset and pass)."""
@@ -220,8 +223,11 @@ class TrainConfig:
     )
     # NHWC: 1.3-1.7x faster training of depthwise-conv nets on CPU (docs/benchmarks.md)
     channels_last: bool = option(True, "channels_last (NHWC) memory format (default on).", RUN)
-    # None: on with CUDA; off on CPUs (minutes of compiling, needs a C++ compiler)
-    compile: bool | None = option(None, "torch.compile the model (default: on with CUDA, off on CPUs).", RUN)
+    # auto: on with CUDA; on CPUs when the run is long enough to repay the compile (carcli.compiling)
+    compile: str | bool | None = option(
+        "auto", "torch.compile: auto (CUDA; CPUs when it pays), on, off (default auto); --no-compile = off.", RUN,
+        choices=COMPILE_CHOICES, negated="off",
+    )  # fmt: skip
     precision: str = option(
         "auto",
         "auto, fp32, bf16 or fp16 (default auto: bf16/fp16 autocast on GPUs; on CPUs bf16 for nets without "
@@ -239,6 +245,27 @@ class TrainConfig:
     )
     log_uri: str | None = option(
         None, "Where runs are tracked: the MLflow tracking URI or server, or the W&B server URL (with --log).", RUN
+    )
+    # issue 14 (accuracy): stages, evaluation size, distillation
+    init: str | None = option(
+        None, "Start from a trained carcli checkpoint: backbone + head when the classes agree, else the backbone.",
+        MODEL, **PATH,
+    )  # fmt: skip
+    eval_img_size: int | None = option(
+        None, "Validate, pick best.st and store for eval/predict/export at this size (default: --img-size).",
+        DATA, low=32,
+    )  # fmt: skip
+    teacher: list[str] = field(
+        default_factory=list,
+        metadata=described(
+            "Distil from this trained .st (repeatable; an ensemble .st is one teacher).", LOSS, metavar="<file.st>"
+        ),
+    )
+    distill_weight: float = option(
+        1.0, "With --teacher: weight of the distillation term (default 1).", LOSS, **NON_NEGATIVE
+    )
+    distill_temperature: float = option(
+        2.0, "With --teacher: softmax temperature of the distillation term (default 2).", LOSS, **POSITIVE
     )
 
     @property
@@ -266,9 +293,12 @@ def check_config(config: TrainConfig) -> None:
             raise UsageError(problem)
     if any(m < 1 for m in config.milestones):
         raise UsageError("--milestones must be epoch numbers of 1 or more")
-    if config.weights and config.pretrained:
-        raise UsageError("use either --weights or --pretrained, not both")
+    starts = [flag for flag, given in (("--weights", config.weights), ("--pretrained", config.pretrained),
+                                        ("--init", config.init)) if given]  # fmt: skip
+    if len(starts) > 1:
+        raise UsageError(f"use either {' or '.join(starts)}, not {'both' if len(starts) == 2 else 'several'}")
     check_img_size(config.img_size, config.allow_large_images)
+    check_img_size(config.eval_img_size, config.allow_large_images, "--eval-img-size")
     check_logger(config.log, config.log_uri)
     from carcli.models.registry import check_arch_name  # torch-free: the names, not the models
 
@@ -303,21 +333,42 @@ def cli_options(exclude: tuple[str, ...] = ()) -> list[inspect.Parameter]:
         kind = spec.cli_type or field_type(item)
         if kind is bool:
             info = typer.Option(f"{flag}/--no-{flag[2:]}", help=spec.help, rich_help_panel=spec.panel, metavar="")
+        elif spec.negated is not None:
+            params.extend(_with_negation(item.name, spec))
+            continue
         else:
             listed = "|".join(spec.choices)
-            metavar = (listed if len(listed) <= 14 else "<choice>") if spec.choices else None
+            metavar = (listed if len(listed) <= 14 else "<choice>") if spec.choices else spec.metavar
             info = typer.Option(flag, help=spec.help, rich_help_panel=spec.panel, metavar=metavar)
         annotation = Annotated[kind | None, info]  # type: ignore[valid-type]
         params.append(inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
     return params
 
 
+def _with_negation(name: str, spec: Option) -> list[inspect.Parameter]:
+    """`--NAME VALUE` and a hidden `--no-NAME` meaning `spec.negated` (kept from when NAME was an on/off flag)."""
+    import typer
+
+    flag, metavar = flag_name(name), "|".join(spec.choices)
+    value = typer.Option(flag, help=spec.help, rich_help_panel=spec.panel, metavar=metavar)
+    negated = typer.Option(f"--no-{flag[2:]}", hidden=True)
+    return [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[str | None, value]),
+        inspect.Parameter(
+            f"no_{name}", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[bool | None, negated]
+        ),
+    ]
+
+
 def from_cli(values: dict[str, Any]) -> dict[str, Any]:
     """Flag values (None: not given) -> field values, through each option's parser."""
     parsed = {}
     for item in fields(TrainConfig):
-        if item.name in values:
-            value, parse = values[item.name], option_of(item).parse
+        spec = option_of(item)
+        if values.get(f"no_{item.name}") and spec.negated is not None:
+            parsed[item.name] = spec.negated
+        elif item.name in values:
+            value, parse = values[item.name], spec.parse
             parsed[item.name] = parse(value) if parse and value is not None else value
     return parsed
 

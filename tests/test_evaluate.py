@@ -80,7 +80,8 @@ def test_topk_accuracy_counts_rows_with_the_truth_among_the_k_best():
 
 # ---------------------------------------------------------------- carcli eval on a briefly trained checkpoint
 
-EVAL_KEYS = {"checkpoint", "data", "split", "n_images", "tasks", "temperatures", "seconds"}
+# "hierarchy": multi-task heads only
+EVAL_KEYS = {"checkpoint", "data", "split", "n_images", "tasks", "temperatures", "seconds", "hierarchy"}
 TASK_KEYS = {
     "top1",
     "top5",
@@ -127,6 +128,8 @@ def test_eval_json_is_the_one_stdout_object_and_eval_json(eval_run, trained_chec
         assert 0 <= metrics["top1"] <= metrics["top5"] <= 1
     for task in ("make", "type", "year"):
         assert {"implied_top1", "agreement"} <= set(report["tasks"][task])
+    hierarchy = report["hierarchy"]
+    assert not hierarchy["used"] and hierarchy["plain_top1"] == report["tasks"]["model"]["top1"]
 
 
 def test_eval_metrics_equal_a_recomputation_from_raw_predictions(eval_run, trained_checkpoint, real_folder_set):

@@ -328,14 +328,16 @@ def test_auto_precision_trains_a_dense_net_in_bf16_on_cpus_that_have_it(tiny_set
     assert run_info["precision"] == "auto" and run_info["run"]["precision"] == name
 
 
-@pytest.mark.parametrize(("device", "compiled"), [("cpu", False), ("cuda", True)])
-def test_compile_defaults_to_on_with_cuda_only(tiny_set, device, compiled):
+@pytest.mark.parametrize(("device", "resolved"), [("cpu", "auto"), ("cuda", "on")])
+def test_compile_auto_is_on_with_cuda_and_decided_later_on_cpus(tiny_set, device, resolved, monkeypatch):
+    monkeypatch.setattr(train_module, "has_compiler", lambda: True)
     config = TrainConfig(data=str(tiny_set), img_size=32, batch_size=8, epochs=1)
     train_module._resolve_defaults(config, SimpleNamespace(root=tiny_set), torch.device(device), train_module.Dist())
-    assert config.compile is compiled
-    given = TrainConfig(data=str(tiny_set), img_size=32, batch_size=8, epochs=1, compile=not compiled)
-    train_module._resolve_defaults(given, SimpleNamespace(root=tiny_set), torch.device(device), train_module.Dist())
-    assert given.compile is not compiled  # --compile / --no-compile is kept as given
+    assert config.compile == resolved
+    for given, kept in (("off", "off"), ("on", "on"), (False, "off"), (True, "on")):  # bools: older config files
+        fixed = TrainConfig(data=str(tiny_set), img_size=32, batch_size=8, epochs=1, compile=given)
+        train_module._resolve_defaults(fixed, SimpleNamespace(root=tiny_set), torch.device(device), train_module.Dist())
+        assert fixed.compile == kept  # --compile on/off (--no-compile) is kept as given
 
 
 @pytest.mark.slow
@@ -345,10 +347,10 @@ def test_compiled_training_writes_plain_loadable_checkpoints(tiny_set, tmp_path)
     counters.clear()
     run = tmp_path / "run"
     model = create_model("timm:resnet10t", "linear", _tasks())
-    train(tiny_config(tiny_set, run, arch="timm:resnet10t", compile=True), model=model)
+    train(tiny_config(tiny_set, run, arch="timm:resnet10t", compile="on"), model=model)
     assert counters["stats"]["unique_graphs"] > 0  # the model really went through torch.compile
     saved, meta = load_model(run / "best.st")
-    assert meta["train"]["compile"] is True
+    assert meta["train"]["compile"] == "on"
     trained = model.state_dict()
     assert saved.state_dict().keys() == trained.keys()  # no torch.compile prefixes in the file
     for key, tensor in saved.state_dict().items():

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from carcli.data.taxonomy import FINE
 from carcli.errors import CarcliError, one_line
 
 STRIP_PREFIXES = ("module.", "backbone.", "model.")
@@ -97,3 +98,30 @@ def _first_line(exc: BaseException) -> str:
             "save its state dict alone (or as safetensors) and pass that"
         )
     return one_line(str(exc)) or type(exc).__name__
+
+
+def init_from_checkpoint(
+    path: Path, head: str, tasks: dict[str, list[str]], drop_rate: float = 0.0
+) -> tuple[nn.Module, str]:
+    """A model for a new run started from the trained carcli checkpoint `path`, and a line saying what was kept.
+
+    The backbone always comes from the checkpoint (a channel-pruned one keeps its structure); the head
+    too when it is the same kind and predicts the same classes of the same tasks (`tasks`: the names of
+    each task's classes in order), else a fresh head of kind `head` sits on the checkpoint's features.
+    """
+    from carcli.checkpoint import build_model, load_checkpoint
+    from carcli.models.heads import CarcliModel, create_head
+
+    state, meta = load_checkpoint(path)
+    if "members" in meta:
+        raise CarcliError(f"--init {path}: an ensemble has no single backbone to start from; pass one member")
+    trained = build_model(meta, state, str(path))
+    if meta["head"] == head and meta["tasks"] == tasks:
+        trained.head.dropout.p = drop_rate
+        return trained, f"--init: backbone and {head} head from {path} ({len(tasks[FINE])} classes agree)"
+    fine = trained.head.classifier(FINE)
+    features = fine.in_features - sum(len(meta["tasks"][t]) for t in trained.head.priors)
+    sizes = {task: len(names) for task, names in tasks.items()}
+    model = CarcliModel(trained.backbone, create_head(head, features, sizes, drop_rate))
+    why = "head" if meta["tasks"] == tasks else "classes"
+    return model, f"--init: backbone from {path}, a new {head} head (the {why} differ from the checkpoint's)"
