@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 try:  # typer >= 0.20 ships its own copy of click; its exceptions are the ones raised
     from typer import _click as click
@@ -26,6 +27,38 @@ from carcli import __version__, usage
 from carcli.console import print_error, print_info, print_stopped, render_table
 from carcli.errors import CarcliError, Interrupted, UsageError, fault, one_line
 from carcli.train_config import cli_options
+
+
+class PlainArgument(TyperArgument):
+    """A positional argument shown as NAME ([NAME] when optional, NAME... for several), never as a Python type."""
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw.upper()
+        name = name if self.required else f"[{name}]"
+        return name if self.nargs == 1 else f"{name}..."
+
+    def display_type_rich(self, ctx: click.Context) -> str | None:
+        return None
+
+
+def plain_metavars(params: list[click.Parameter], ctx: click.Context) -> list[click.Parameter]:
+    """Help names values plainly: no `<bool>` after on/off flags, no Python types (`<list[Path]>`, `{checkpoint}`)."""
+    for param in params:
+        if isinstance(param, TyperArgument):
+            param.__class__ = PlainArgument
+        elif isinstance(param, TyperOption) and param.metavar is None:
+            if param.is_flag:
+                param.metavar = ""
+            elif param.multiple:
+                param.metavar = re.sub(r"list\[(\w+)\]", r"\1", param.display_type_rich(ctx) or "").lower()
+    return params
+
+
+class CarcliCommand(TyperCommand):
+    """Every carcli subcommand: plain value names in its help."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        return plain_metavars(super().get_params(ctx), ctx)
 
 
 class CarcliGroup(TyperGroup):
@@ -65,6 +98,9 @@ class CarcliGroup(TyperGroup):
             sys.exit(code)
         return code
 
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        return plain_metavars(super().get_params(ctx), ctx)
+
 
 app = typer.Typer(
     cls=CarcliGroup,
@@ -92,7 +128,7 @@ def main(
     """Fine-grained image classification: car make/model recognition and any folder of labelled images."""
 
 
-@app.command("fetch-data")
+@app.command("fetch-data", cls=CarcliCommand)
 def fetch_data(
     name: Annotated[str | None, typer.Argument(help="Data set: stanford-cars, folder, demo.")] = None,
     path: Annotated[
@@ -159,7 +195,7 @@ def with_train_options(*exclude: str, own_first: bool = False) -> Callable[[Call
     return decorate
 
 
-@app.command()
+@app.command(cls=CarcliCommand)
 @with_train_options()
 def train(
     config: Annotated[
@@ -203,7 +239,7 @@ Hierarchy = Annotated[
 ]
 
 
-@app.command("eval")
+@app.command("eval", cls=CarcliCommand)
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A .st checkpoint, or an .onnx model made by `carcli export`.")],
     data: Annotated[
@@ -255,7 +291,7 @@ def evaluate(
         render_eval(result)
 
 
-@app.command()
+@app.command(cls=CarcliCommand)
 def prune(
     checkpoint: Annotated[Path, typer.Argument(help="A .st checkpoint.")],
     data: Annotated[
@@ -303,7 +339,7 @@ def prune(
     print_info(f"pruned checkpoint: {result.out}")
 
 
-@app.command()
+@app.command(cls=CarcliCommand)
 def ensemble(
     checkpoints: Annotated[list[Path], typer.Argument(help="Two or more .st checkpoints.")],
     data: Annotated[
@@ -327,7 +363,7 @@ def ensemble(
     print_info(f"ensemble checkpoint: {result.out}")
 
 
-@app.command()
+@app.command(cls=CarcliCommand)
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A .st checkpoint (plain, pruned or ensemble).")],
     fmt: Annotated[str, typer.Option("--format", help="onnx, torchscript or openvino.")],
@@ -350,7 +386,7 @@ def export(
         render_table(title, ("", "fp32", "int8"), q.rows())
 
 
-@app.command()
+@app.command(cls=CarcliCommand)
 def bench(
     checkpoint: Annotated[Path | None, typer.Argument(help="A .st checkpoint (or use --arch).")] = None,
     arch: Annotated[str | None, typer.Option(help="Measure an untrained architecture instead (196 classes).")] = None,
@@ -375,7 +411,7 @@ def bench(
         print_warning(warning)
 
 
-@app.command()
+@app.command(cls=CarcliCommand)
 def predict(
     images: Annotated[list[str], typer.Argument(help="Image files, folders or globs.")],
     model: Annotated[
@@ -395,6 +431,7 @@ def predict(
     hierarchy: Hierarchy = False,
 ) -> None:
     """Top-k predictions (model, make, type, year) for images."""
+    usage.check_inputs(images)
     usage.check_predict(model, top_k, batch_size, explain, saliency, crop, device)
     from carcli.console import RichStages, print_json_line, render_predictions
     from carcli.predict import predict as run_predict
@@ -411,7 +448,7 @@ def predict(
         render_predictions(result)
 
 
-@app.command()
+@app.command(cls=CarcliCommand)
 def archs() -> None:
     """List the registered architectures with their library, parameters (196 classes) and image size."""
     from carcli.models.registry import count_parameters, list_archs
@@ -434,7 +471,7 @@ def archs() -> None:
     )
 
 
-@app.command()
+@app.command(cls=CarcliCommand)
 def serve(
     model: Annotated[Path | None, typer.Option(help="Checkpoint (default: newest runs/*/best.st).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
@@ -459,7 +496,7 @@ def serve(
 TUNE = "Search"
 
 
-@app.command()
+@app.command(cls=CarcliCommand)
 @with_train_options("out", own_first=True)
 def tune(
     trials: Annotated[

@@ -65,6 +65,16 @@ def check_eval(
     require_data(data)
 
 
+FLAG_WORDS = ("true", "false", "yes", "no", "on", "off")  # values a user may give an on/off flag by mistake
+
+
+def check_inputs(inputs: Sequence[str]) -> None:
+    """Refuse `--json true` and the like: on/off options take no value, so the word would be read as an image."""
+    for word in inputs:
+        if word.lower() in FLAG_WORDS and not Path(word).exists():
+            raise UsageError(f"{word!r} is not an image: on/off options such as --json take no value; drop {word!r}")
+
+
 def check_predict(
     model: Path | None, top_k: int, batch_size: int, explain: Path | None, saliency: bool, crop: str | None, device: str
 ) -> None:

@@ -41,6 +41,7 @@ def _run_cli(args: list[str], cwd: Path) -> tuple[int, bool, list[str]]:
         (["predict", "x.jpg"], 1, "no --model given and no best.st under runs/"),
         (["predict", "x.jpg", "--top-k", "0"], 2, "--top-k must be at least 1"),
         (["predict", "x.jpg", "--device", "tpu"], 2, "--device must be one of"),
+        (["predict", "x.jpg", "--json", "true"], 2, "on/off options such as --json take no value"),
         (["bench"], 2, "give either a CHECKPOINT or --arch NAME"),
         (["bench", "--arch", "alexnet9000"], 2, "unknown architecture"),
         (["bench", "model.st", "--img-size", "8"], 2, "--img-size must be at least 32"),
@@ -82,3 +83,15 @@ def test_ctrl_c_is_not_labelled_an_error(monkeypatch):
     result = CliRunner().invoke(app, ["export", "x.st", "--format", "onnx"])
     assert result.exit_code == 130
     assert "stopped: interrupted in epoch 2" in result.output and "error" not in result.output
+
+
+COMMANDS = ["fetch-data", "train", "eval", "predict", "prune", "ensemble", "export", "bench", "archs", "serve", "tune"]
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_names_values_plainly(command):
+    """No `<bool>` after on/off flags, no Python types such as `<list[Path]>`, no `{checkpoint}` in usage lines."""
+    result = CliRunner().invoke(app, [*([command] if command else []), "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for leftover in ("<bool>", "<list[", "{"):
+        assert leftover not in result.output, (command, leftover)
