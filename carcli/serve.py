@@ -41,14 +41,16 @@ try:
 except ModuleNotFoundError as exc:  # the `serve` extra is not installed
     raise CarcliError(f'carcli serve needs {exc.name}: pip install "carcli[serve]"') from None
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from carcli.data.images import open_rgb
 from carcli.data.taxonomy import FINE
+from carcli.deploy import OnnxModel, eval_view, is_onnx
 from carcli.evaluate import view_transform
 from carcli.explain import DISPLAY_SIZE, cam_maps, centre_view, grad_cam, overlay
-from carcli.predict import ImagePrediction, predict_batch
+from carcli.predict import ImagePrediction, image_predictions, predict_batch
 
 TOP_K = 5
 MAX_PIXELS = 100_000_000  # larger images are refused before they are decoded (decompression bombs)
@@ -85,7 +87,7 @@ class Job:
     """One decoded image waiting for the model: its model view, and the photo to draw a heat map on."""
 
     name: str
-    view: Tensor  # (3, S, S), the checkpoint's preprocessing
+    view: Any  # (3, S, S): a tensor in the checkpoint's preprocessing, or a numpy array for an .onnx model
     photo: Image.Image | None = None  # set when a Grad-CAM overlay is wanted
     future: asyncio.Future[dict[str, Any]] | None = None
 
@@ -103,6 +105,9 @@ class Engine:
 
     @classmethod
     def load(cls, path: Path, device: str = "auto") -> Engine:
+        """The engine for a `.st` checkpoint (plain, pruned or ensemble) or an exported `.onnx` model."""
+        if is_onnx(path):
+            return OnnxEngine(OnnxModel.load(path), path)
         from carcli.checkpoint import load_model
         from carcli.device import resolve_device
 
@@ -110,10 +115,15 @@ class Engine:
         model, meta = load_model(path, torch_device)
         return cls(model, meta, path, torch_device)
 
+    @property
+    def source(self) -> dict[str, Any]:
+        """The architecture and head the model was trained with (an export records them under `source`)."""
+        return self.meta.get("source") or self.meta
+
     def describe(self) -> dict[str, Any]:
         """What `GET /health` says about the model."""
         tasks = self.meta["tasks"]
-        info = {"model": str(self.path), "arch": self.meta["arch"], "head": self.meta["head"]}
+        info = {"model": str(self.path), "arch": self.source["arch"], "head": self.source["head"]}
         if "members" in self.meta:
             info["members"] = [member["arch"] for member in self.meta["members"]]
         classes = {task: len(names) for task, names in tasks.items()}
@@ -127,7 +137,11 @@ class Engine:
             photo = centre_view(open_rgb(io.BytesIO(upload.data), DISPLAY_SIZE)) if explain else None  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - PIL raises many error types for broken files
             raise ApiError(422, f"{upload.name}: corrupt or truncated image ({exc})") from None
-        return Job(upload.name, self.transform(image), photo)
+        return Job(upload.name, self.view(image), photo)
+
+    def view(self, image: Image.Image) -> Any:
+        """The model's input for one decoded image (the checkpoint's preprocessing)."""
+        return self.transform(image)
 
     def answer(self, jobs: Sequence[Job]) -> list[dict[str, Any]]:
         """The `carcli predict --json` object of every job, with `gradcam_png` for the jobs that have a photo."""
@@ -154,6 +168,29 @@ class Engine:
             overlay(job.photo, heat, f"gradcam: {prediction.caption()}").save(buffer, format="PNG")
             pngs.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
         return pngs
+
+
+class OnnxEngine(Engine):
+    """An exported `.onnx` model run by onnxruntime: the same answers from the file's own preprocessing.
+
+    It has no gradients, so `explain=true` is refused with a 400.
+    """
+
+    def __init__(self, model: OnnxModel, path: Path) -> None:
+        self.model, self.meta, self.path, self.device = model, model.meta, path, "onnxruntime"  # type: ignore[assignment]
+        self.size = int(model.meta["img_size"])
+
+    def prepare(self, upload: Upload, explain: bool) -> Job:
+        if explain:
+            raise ApiError(400, "explain=true needs a .st checkpoint (Grad-CAM uses gradients); this server runs .onnx")
+        return super().prepare(upload, explain)
+
+    def view(self, image: Image.Image) -> Any:
+        return eval_view(image, self.size, self.meta["mean"], self.meta["std"])
+
+    def answer(self, jobs: Sequence[Job]) -> list[dict[str, Any]]:
+        probs = self.model.batch_probs(np.stack([job.view for job in jobs]))  # type: ignore[attr-defined]
+        return [p.to_json() for p in image_predictions([job.name for job in jobs], probs, self.meta, TOP_K)]
 
 
 def check_upload(upload: Upload) -> None:
@@ -431,7 +468,7 @@ def serve(options: ServeOptions, notify: Callable[[str], None] = lambda message:
     sock = listening_socket(options.host, options.port)
     app = create_app(engine, options.max_batch, options.max_upload_mb)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10))
-    notify(f"serving {path.name} ({engine.meta['arch']}) at {url_of(sock)}  (Ctrl-C stops)")
+    notify(f"serving {path.name} ({engine.source['arch']}) at {url_of(sock)}  (Ctrl-C stops)")
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn shut down cleanly, then re-raised the SIGINT it caught

@@ -197,6 +197,23 @@ def test_an_ensemble_checkpoint_is_served(untrained_members, real_folder_set, ph
     ]
 
 
+def test_an_exported_onnx_model_is_served_like_predict_answers_it(trained_checkpoint, photos, tmp_path):
+    from carcli.export import export_checkpoint
+
+    onnx_file = export_checkpoint(trained_checkpoint, "onnx", tmp_path / "model.onnx").path
+    with TestClient(create_app(Engine.load(onnx_file))) as onnx_client:
+        health = onnx_client.get("/health").json()
+        response = onnx_client.post("/predict", files=[("file", (p.name, p.read_bytes())) for p in photos[:2]])
+        refused = onnx_client.post("/predict?explain=true", files={"file": (photos[0].name, photos[0].read_bytes())})
+    assert health["device"] == "onnxruntime" and health["model"] == str(onnx_file)
+    assert response.status_code == 200, response.text
+    _same_answers(
+        response.json()["predictions"],
+        [p.to_json() for p in predict([str(p) for p in photos[:2]], onnx_file).predictions],
+    )
+    assert refused.status_code == 400 and "needs a .st checkpoint" in refused.json()["error"]
+
+
 @pytest.mark.parametrize(
     ("extra", "code", "words"),
     [
