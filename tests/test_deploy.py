@@ -229,5 +229,6 @@ def test_bad_export_requests_are_one_line(untrained_members, tmp_path, monkeypat
 
 
 def test_eval_refuses_what_an_onnx_model_cannot_do(tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"")  # refused for the flag, before the file is read
     result = runner.invoke(app, ["eval", str(tmp_path / "m.onnx"), "--tta"])
     assert result.exit_code == 2 and "need the .st checkpoint" in result.output
