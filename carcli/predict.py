@@ -180,7 +180,7 @@ def predict(
     for name, why in skipped:
         reporter.warn(f"skipped {name}: {why}")
     if not paths:
-        raise CarcliError("none of the inputs given is a readable image")
+        raise CarcliError("no readable images among the inputs given")
     samples = [Sample(path, 0, "test") for path in paths]
     workers = default_workers(len(samples), batch_size) if workers is None else workers
     run = {"batch_size": batch_size, "device": torch_device, "workers": workers}

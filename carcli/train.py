@@ -349,7 +349,7 @@ def _train(
             _save_state(run_dir, model, optimizer, ema, scaler, progress, ddp)
             if record is not None:
                 reporter.epoch_end(record)
-    if ddp.main and records:
+    if ddp.main and records and val_samples:  # --val-fraction 0: nothing to fit the hierarchy weights on
         evaluated = ema.module if ema is not None else model
         _report_hierarchy(run_dir, evaluated, val_loader, device, autocast_dtype, config, feed.prepare_val, reporter)
     seconds = time.perf_counter() - started

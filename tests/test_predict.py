@@ -155,7 +155,7 @@ def test_predict_flag_errors_are_one_line(trained_checkpoint, mixed_folder, extr
 def test_predict_without_images_or_runs_is_one_line(trained_checkpoint, mixed_folder, tmp_path, monkeypatch):
     result = runner.invoke(app, ["predict", str(mixed_folder / "notes.txt"), "--model", str(trained_checkpoint)])
     assert result.exit_code == 1
-    assert "none of the inputs given is a readable image" in result.output.splitlines()[-1]
+    assert "no readable images among the inputs given" in result.output.splitlines()[-1]
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["predict", str(mixed_folder)])
     assert result.exit_code == 1
