@@ -12,8 +12,6 @@ scored by the same job through ONNX Runtime: torch is imported only for a `.st` 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import time
@@ -39,7 +37,7 @@ from carcli.data.splits import align_labels, sample_targets, split_samples
 from carcli.data.taxonomy import FINE, Taxonomy
 from carcli.deploy import OnnxModel, is_onnx
 from carcli.errors import CarcliError, UsageError
-from carcli.files import check_output_dir, check_output_file, write_text
+from carcli.files import check_output_dir, check_output_file, write_csv, write_text
 from carcli.metrics import hierarchy_consistency, most_confused, task_metrics, topk_accuracy, with_implied_tasks
 from carcli.plots import plot_confusion, plot_reliability, plot_top_losses
 from carcli.usage import check_eval
@@ -287,14 +285,6 @@ def plan_submission(
 
 
 # ---------------------------------------------------------------- files
-
-
-def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
 
 
 # ---------------------------------------------------------------- the eval job

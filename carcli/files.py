@@ -9,14 +9,17 @@ permission) becomes one CarcliError naming the user's path, and the previous fil
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
+import io
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from carcli.errors import CarcliError
 
@@ -128,6 +131,20 @@ def write_text(path: Path, text: str) -> None:
 def write_bytes(path: Path, payload: bytes) -> None:
     with atomic_output(path) as tmp:
         tmp.write_bytes(payload)
+
+
+def csv_text(header: Sequence[Any], rows: Iterable[Sequence[Any]], line_end: str = "\r\n") -> str:
+    """A CSV table as text: the header row, then the rows (Python's csv dialect, `line_end` between rows)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator=line_end)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_csv(path: Path, header: Sequence[Any], rows: Iterable[Sequence[Any]]) -> None:
+    """Write a CSV table atomically."""
+    write_text(path, csv_text(header, rows))
 
 
 def usual_mode(directory: bool = False) -> int:

@@ -32,9 +32,8 @@ from carcli.evaluate import (
     default_workers,
     load_scorer,
     sample_probs,
-    write_csv,
 )
-from carcli.files import check_output_dir, check_output_file
+from carcli.files import check_output_dir, check_output_file, write_csv
 from carcli.metrics import with_implied_tasks
 from carcli.usage import check_predict, newest_checkpoint
 

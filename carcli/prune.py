@@ -10,7 +10,6 @@ reshapes a freshly built model to them, so `carcli.checkpoint.load_model` loads 
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import io
 from collections.abc import Callable, Sequence
@@ -25,7 +24,7 @@ from carcli.bench import count_parameters, eval_samples, latency_ms, top1_per_ta
 from carcli.checkpoint import load_checkpoint, load_model, save_checkpoint, trained_on
 from carcli.device import resolve_device
 from carcli.errors import CarcliError, UsageError
-from carcli.files import check_output_file, write_bytes
+from carcli.files import check_output_file, csv_text, write_bytes
 from carcli.usage import check_prune
 
 if TYPE_CHECKING:
@@ -340,13 +339,9 @@ def sweep(
 
 
 def _sweep_csv(result: SweepResult) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["task", *(f"{r:g}" for r in result.rates)])
-    for task, values in result.top1.items():
-        writer.writerow([task, *(f"{v:.4f}" for v in values)])
-    writer.writerow(["nonzero_parameters", *result.nonzero])
-    return buffer.getvalue()
+    rows = [[task, *(f"{v:.4f}" for v in values)] for task, values in result.top1.items()]
+    rows.append(["nonzero_parameters", *result.nonzero])
+    return csv_text(["task", *(f"{r:g}" for r in result.rates)], rows, line_end="\n")
 
 
 def _plot_sweep(result: SweepResult, title: str) -> None:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
-import io
 import json
 import os
 import random
@@ -56,7 +54,7 @@ from carcli.data.transforms import batch_mixer, eval_transform, train_transform
 from carcli.device import cpu_has_bf16, resolve_device
 from carcli.distill import Teachers, fingerprint, load_teachers
 from carcli.errors import CarcliError, Interrupted, UsageError
-from carcli.files import check_output_dir, write_error, write_text
+from carcli.files import check_output_dir, write_csv, write_error, write_text
 from carcli.losses import inverse_frequency_weights, multitask_loss
 from carcli.models.heads import CarcliModel
 from carcli.models.registry import create_model, get_arch
@@ -1165,12 +1163,8 @@ def flat_record(record: dict[str, Any]) -> dict[str, float]:
 
 def _write_csv(path: Path, records: list[dict[str, Any]]) -> None:
     rows = [flat_record(r) for r in records]
-    buffer = io.StringIO()
     columns = list(dict.fromkeys(key for row in rows for key in row))  # --profile may join on resume
-    out = csv.DictWriter(buffer, fieldnames=columns)
-    out.writeheader()
-    out.writerows(rows)
-    write_text(path, buffer.getvalue())
+    write_csv(path, columns, [[row.get(column, "") for column in columns] for row in rows])
 
 
 def _previous_records(run_dir: Path, epochs_done: int) -> list[dict[str, Any]]:

@@ -6,15 +6,13 @@ written atomically: an interrupted write never leaves a torn file.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from carcli.files import atomic_output, write_text
+from carcli.files import atomic_output, csv_text, write_text
 
 if TYPE_CHECKING:
     import optuna
@@ -74,16 +72,15 @@ def trials_csv(rows: list[TrialRow]) -> str:
     """One row per trial: number, state, the searched values, validation top-1 per task, epochs, seconds."""
     params = list(dict.fromkeys(name for row in rows for name in row.params))
     tasks = list(dict.fromkeys(task for row in rows for task in row.top1))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["number", "state", *params, *(f"top1_{task}" for task in tasks), "epochs", "seconds", "error"])
-    for row in rows:
-        writer.writerow([
+    header = ["number", "state", *params, *(f"top1_{task}" for task in tasks), "epochs", "seconds", "error"]
+    return csv_text(header, [
+        [
             row.number, row.state, *(row.params.get(name, "") for name in params),
             *(f"{row.top1[task]:.4f}" if task in row.top1 else "" for task in tasks), row.epochs, row.seconds,
             row.error,
-        ])  # fmt: skip
-    return buffer.getvalue()
+        ]
+        for row in rows
+    ])  # fmt: skip
 
 
 def best_toml(row: TrialRow, metric: str, trials: int) -> str:
