@@ -2,105 +2,23 @@
 
 Heavy modules (torch, timm, the training loop) are imported inside the commands so that
 `carcli --help` answers at once. Every CarcliError or bad flag becomes one red line and a
-non-zero exit (2 for usage, 1 for run time); `CARCLI_DEBUG=1` shows the traceback instead.
+non-zero exit (2 for usage, 1 for run time; `carcli.cli_base`); `CARCLI_DEBUG=1` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import inspect
-import os
-import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
-
-try:  # typer >= 0.20 ships its own copy of click; its exceptions are the ones raised
-    from typer import _click as click
-except ImportError:  # pragma: no cover - older typer uses click itself
-    import click  # type: ignore[no-redef]
 
 from carcli import __version__, usage
-from carcli.console import print_error, print_info, print_stopped, render_table
-from carcli.errors import CarcliError, Interrupted, UsageError, fault, one_line
+from carcli.cli_base import CarcliCommand, CarcliGroup
+from carcli.console import print_info, print_stopped, render_table
+from carcli.errors import UsageError
 from carcli.train_config import cli_options
-
-
-class PlainArgument(TyperArgument):
-    """A positional argument shown as NAME ([NAME] when optional, NAME... for several), never as a Python type."""
-
-    def _usage_display_name(self) -> str:
-        name = self.display_name_raw.upper()
-        name = name if self.required else f"[{name}]"
-        return name if self.nargs == 1 else f"{name}..."
-
-    def display_type_rich(self, ctx: click.Context) -> str | None:
-        return None
-
-
-def plain_metavars(params: list[click.Parameter], ctx: click.Context) -> list[click.Parameter]:
-    """Help names values plainly: no `<bool>` after on/off flags, no Python types (`<list[Path]>`, `{checkpoint}`)."""
-    for param in params:
-        if isinstance(param, TyperArgument):
-            param.__class__ = PlainArgument
-        elif isinstance(param, TyperOption) and param.metavar is None:
-            if param.is_flag:
-                param.metavar = ""
-            elif param.multiple:
-                param.metavar = re.sub(r"list\[(\w+)\]", r"\1", param.display_type_rich(ctx) or "").lower()
-    return params
-
-
-class CarcliCommand(TyperCommand):
-    """Every carcli subcommand: plain value names in its help."""
-
-    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
-        return plain_metavars(super().get_params(ctx), ctx)
-
-
-class CarcliGroup(TyperGroup):
-    """Runs the app and turns every user error into one line on stderr and an exit code."""
-
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
-        debug = os.environ.get("CARCLI_DEBUG") == "1"
-        try:
-            result = super().main(*args, standalone_mode=False, **kwargs)
-            code = result if isinstance(result, int) else 0
-        except click.ClickException as exc:
-            command = exc.ctx.command_path if getattr(exc, "ctx", None) else "carcli"
-            if exc.format_message():  # empty after `carcli` alone, which has printed the help
-                print_error(f"{exc.format_message()} (see `{command} --help`)")
-            code = exc.exit_code
-        except typer.Abort:
-            print_stopped("aborted (Ctrl-C)")
-            code = 130
-        except Interrupted as exc:
-            print_stopped(str(exc))
-            code = exc.exit_code
-        except CarcliError as exc:
-            if debug:
-                raise
-            print_error(one_line(str(exc)))
-            code = exc.exit_code
-        except Exception as exc:
-            if debug:
-                raise
-            known = fault(exc)
-            if known is None:
-                print_error(f"unexpected {type(exc).__name__}: {exc} (set CARCLI_DEBUG=1 for the traceback)")
-            else:
-                print_error(str(known))
-            code = 1
-        if standalone_mode:
-            sys.exit(code)
-        return code
-
-    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
-        return plain_metavars(super().get_params(ctx), ctx)
-
 
 app = typer.Typer(
     cls=CarcliGroup,
@@ -317,10 +235,7 @@ def prune(
     ] = None,
 ) -> None:
     """Prune a model (magnitude or channel) and report accuracy against size."""
-    if sweep == (rate is not None):
-        raise UsageError("give either --rate R or --sweep")
-    if sweep and finetune_epochs:
-        raise UsageError("--finetune-epochs needs --rate (a sweep does not fine-tune)")
+    usage.check_prune_mode(rate, sweep, finetune_epochs)
     usage.check_prune(checkpoint, data, method, rate, finetune_epochs)
     from carcli.console import RichReporter
     from carcli.prune import prune_checkpoint

@@ -118,6 +118,14 @@ def check_export(checkpoint: Path, fmt: str) -> None:
     require_checkpoint(checkpoint)
 
 
+def check_prune_mode(rate: float | None, sweep: bool, finetune_epochs: int) -> None:
+    """`carcli prune` scores one --rate or a --sweep, and fine-tunes only a single rate."""
+    if sweep == (rate is not None):
+        raise UsageError("give either --rate R or --sweep")
+    if sweep and finetune_epochs:
+        raise UsageError("--finetune-epochs needs --rate (a sweep does not fine-tune)")
+
+
 def check_prune(checkpoint: Path, data: Path | None, method: str, rate: float | None, finetune_epochs: int) -> None:
     """`carcli prune`'s values (rate None: a sweep)."""
     one_of(method, PRUNE_METHODS, "--method")

@@ -28,17 +28,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from carcli.cli import app
-from carcli.data import fetch as fetch_module
-from carcli.data.fetch import (
-    ChecksumError,
-    FetchRequest,
-    Network,
-    RemoteFile,
-    download,
-    extract,
-    fetch,
-    list_datasets,
-)
+from carcli.data.fetch import FetchRequest, FetchResult, Network, fetch, list_datasets
+from carcli.data.fetch import build as fetch_build
+from carcli.data.fetch.archives import extract
+from carcli.data.fetch.download import ChecksumError, download
+from carcli.data.fetch.mirrors import RemoteFile
 from carcli.data.layouts import load_dataset
 from carcli.errors import CarcliError, UsageError
 
@@ -201,7 +195,7 @@ def assert_torchvision_agrees(set_dir: Path) -> None:
     assert seen == len(carcli)
 
 
-def import_from(root: Path, *sources: Path, reporter: Recorder | None = None, **kw) -> fetch_module.FetchResult:
+def import_from(root: Path, *sources: Path, reporter: Recorder | None = None, **kw) -> FetchResult:
     return fetch(FetchRequest("stanford-cars", root, sources=list(sources), network=NET, **kw), reporter)
 
 
@@ -531,7 +525,7 @@ def test_an_interrupted_import_leaves_nothing_behind(mini, tmp_path, monkeypatch
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fetch_module, "find_unreadable", interrupt)
+    monkeypatch.setattr(fetch_build, "find_unreadable", interrupt)
     with pytest.raises(KeyboardInterrupt):
         import_from(tmp_path / "root", *devkit_folder(mini, tmp_path))
     assert list((tmp_path / "root").iterdir()) == []
@@ -548,7 +542,7 @@ def test_foreign_folders_are_never_replaced(mini, tmp_path):
 # ---------------------------------------------------------------- folder registration, --prepare-size, --list
 
 
-def register(root: Path, path: Path, name: str = "cars5", **kw) -> fetch_module.FetchResult:
+def register(root: Path, path: Path, name: str = "cars5", **kw) -> FetchResult:
     return fetch(FetchRequest("folder", root, path=path, dataset_name=name, **kw))
 
 

@@ -14,7 +14,7 @@ import pytest
 from hostile import carcli, fails, snapshot
 from http_fixture import FileServer
 
-from carcli.data.fetch import extract
+from carcli.data.fetch.archives import extract
 from carcli.errors import CarcliError
 
 
