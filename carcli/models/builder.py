@@ -1,8 +1,5 @@
 """Models from checkpoints: the module a checkpoint's metadata describes (plain, channel-pruned or ensemble),
-built and loaded with its tensors.
-
-Plain, pruned and ensemble checkpoints all come back as a module that maps a batch of images,
-preprocessed as the metadata's img_size/mean/std say, to {task: logits}.
+built with `carcli.models.registry` and loaded with the checkpoint's tensors.
 """
 
 from __future__ import annotations
