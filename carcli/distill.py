@@ -77,7 +77,7 @@ def load_teachers(
     device: torch.device,
 ) -> Teachers:  # fmt: skip
     """The checkpoints `paths` as Teachers for a student with these tasks (class names) and normalisation."""
-    from carcli.checkpoint import load_model
+    from carcli.models.builder import load_model
 
     models, metas = [], []
     for path in paths:

@@ -1,11 +1,8 @@
-"""Ensembles: several checkpoints combined into one model and one `.st` file (mean, weighted or greedy weights).
+"""`carcli ensemble`: several checkpoints combined into one model and one `.st` file (mean, weighted or greedy
+weights).
 
-`EnsembleModel` takes an unnormalised [0, 1] image batch at the largest member's size; each member
-resizes it to its own size (bilinear, antialiased) and normalises it with its own mean/std, and the
-ensemble returns, for every task all members predict, the log of the weighted mean of the members'
-softmax probabilities. Its metadata therefore says img_size = the largest, mean 0 and std 1, and
-every consumer (eval, predict, export) treats it like a plain model. `build_ensemble` scores the
-members on the evaluation split, fits the weights there and writes the file.
+The combined module is `carcli.models.ensemble.EnsembleModel`. `build_ensemble` scores the members
+on the evaluation split, fits the weights there, writes the file and scores it.
 """
 
 from __future__ import annotations
@@ -18,59 +15,22 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from carcli.bench import eval_samples
-from carcli.checkpoint import load_model, save_checkpoint, trained_on
+from carcli.checkpoint import save_checkpoint, trained_on
 from carcli.data.layouts import Sample
 from carcli.data.taxonomy import FINE
 from carcli.device import resolve_device
 from carcli.errors import CarcliError, UsageError
-from carcli.evaluate import Predictions, predict_samples, topk_accuracy
 from carcli.files import check_output_file
+from carcli.inference import Predictions, eval_samples, predict_samples
+from carcli.metrics import top1_per_task
+from carcli.models.builder import load_model
+from carcli.models.ensemble import EPS, EnsembleModel
 from carcli.usage import check_ensemble
 
 GREEDY_ROUNDS = 20  # Caruana-style selections with replacement; the best prefix is kept
 MIN_WEIGHT = 1e-3  # fitted weights below this are dropped (and the member left out of the file)
-EPS = 1e-12
-
-
-def predicted_tasks(model: nn.Module) -> list[str]:
-    """The tasks a loaded model returns logits for, in its own order."""
-    tasks = getattr(model, "tasks", None)
-    return list(tasks) if tasks is not None else list(model.head.tasks)  # type: ignore[union-attr]
-
-
-class EnsembleModel(nn.Module):
-    """Members with their own input size and normalisation; returns {task: log of weighted mean probability}."""
-
-    def __init__(self, members: Sequence[nn.Module], metas: Sequence[dict[str, Any]], weights: Sequence[float]) -> None:
-        super().__init__()
-        member_tasks = [predicted_tasks(m) for m in members]
-        self.tasks = [t for t in member_tasks[0] if all(t in tasks for tasks in member_tasks)]
-        self.sizes = [int(meta["img_size"]) for meta in metas]
-        for i, (member, meta) in enumerate(zip(members, metas, strict=True)):
-            self.add_module(f"member{i}", member)
-            self.register_buffer(f"mean{i}", torch.tensor(meta["mean"], dtype=torch.float32).view(1, 3, 1, 1), False)
-            self.register_buffer(f"std{i}", torch.tensor(meta["std"], dtype=torch.float32).view(1, 3, 1, 1), False)
-        self.register_buffer("weights", torch.tensor(list(weights), dtype=torch.float32), False)
-
-    def member_inputs(self, images: Tensor, i: int) -> Tensor:
-        """`images` as member i expects them: resized to its size, normalised with its mean and std."""
-        size = self.sizes[i]
-        if tuple(images.shape[-2:]) != (size, size):
-            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return (images - getattr(self, f"mean{i}")) / getattr(self, f"std{i}")
-
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        mixed: dict[str, Tensor] = {}
-        for i in range(len(self.sizes)):
-            logits = getattr(self, f"member{i}")(self.member_inputs(images, i))
-            for task in self.tasks:
-                share = self.weights[i] * logits[task].float().softmax(1)
-                mixed[task] = mixed[task] + share if task in mixed else share
-        return {task: probs.clamp_min(EPS).log() for task, probs in mixed.items()}
 
 
 @dataclass
@@ -251,6 +211,6 @@ def build_ensemble(
     say(f"scoring the ensemble {out.name}")
     reloaded, reloaded_meta = load_model(out)
     ensemble_preds = predict_samples(reloaded, reloaded_meta, samples, class_names, device=device)
-    member_top1 = [{t: topk_accuracy(p.probs[t], p.targets[t]) for t in tasks} for p in preds]
-    ensemble_top1 = {t: topk_accuracy(ensemble_preds.probs[t], ensemble_preds.targets[t]) for t in tasks}
+    member_top1 = [top1_per_task(p.probs, p.targets, tasks) for p in preds]
+    ensemble_top1 = top1_per_task(ensemble_preds.probs, ensemble_preds.targets, tasks)
     return EnsembleResult(method, names, weights, tasks, member_top1, ensemble_top1, split, len(samples), out, notes)

@@ -1,24 +1,21 @@
-"""Evaluation: run a checkpoint's model over labelled samples, then turn its predictions into metrics and reports.
+"""`carcli eval`: a checkpoint's (or an exported `.onnx` model's) metrics and reports on labelled samples.
 
-`predict_samples` is the one place that feeds a data set's images through a loaded model with the
-checkpoint's own preprocessing (and its calibration temperatures); everything that scores a model
-(eval, prune sweeps, ensembles) starts from the `Predictions` it returns. `evaluate` is the whole
-`carcli eval` job: the split the checkpoint's training held out, per-task metrics (carcli.metrics),
+`evaluate` is the whole job: the split the checkpoint's training held out, probabilities from
+`carcli.inference` (plain, TTA or the two-pass CAM crop), per-task metrics (carcli.metrics),
 calibration error and its reliability diagram, confusion matrices, the most confused pairs, a
 contact sheet of the top-loss images, `eval.json`, and the Stanford Cars devkit submission file
-with its scorer; `--calibrate` fits and stores a temperature per task. An exported `.onnx` model is
-scored by the same job through ONNX Runtime: torch is imported only for a `.st` checkpoint.
+(carcli.data.devkit); `--calibrate` fits and stores a temperature per task. An exported `.onnx`
+model is scored by the same job through ONNX Runtime: torch is imported only for a `.st` checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,264 +27,33 @@ from carcli.calibration import (
     temperatures_of,
     tempered,
 )
-from carcli.checkpoint import at_size, trained_on
-from carcli.data.images import ImageDataset, find_unreadable
-from carcli.data.layouts import DataSet, Sample
+from carcli.checkpoint import at_size, rewrite_metadata, trained_on
+from carcli.data.devkit import plan_submission
+from carcli.data.images import find_unreadable
+from carcli.data.layouts import Sample
 from carcli.data.splits import align_labels, sample_targets, split_samples
 from carcli.data.taxonomy import FINE, Taxonomy
 from carcli.deploy import OnnxModel, is_onnx
 from carcli.errors import CarcliError, UsageError
 from carcli.files import check_output_dir, check_output_file, write_csv, write_text
-from carcli.metrics import hierarchy_consistency, most_confused, task_metrics, topk_accuracy, with_implied_tasks
+from carcli.inference import (
+    SilentStages,
+    StageReporter,
+    cam_crop_probs,
+    default_workers,
+    load_scorer,
+    sample_probs,
+)
+from carcli.metrics import hierarchy_consistency, most_confused, task_metrics, top1_per_task, with_implied_tasks
 from carcli.plots import plot_confusion, plot_reliability, plot_top_losses
 from carcli.usage import check_eval
 
 if TYPE_CHECKING:
-    from torch import Tensor, nn
-    from torch.utils.data import Dataset
+    from torch import Tensor
 
-TTA_CROP = 0.875  # the five TTA crops each cover this share of the side of a slightly larger resize
 MOST_CONFUSED_SHOWN = 20
 TOP_LOSSES = 24
 GROUP_TASK = "make"  # the fine confusion matrix is grouped by this task's classes
-
-
-class StageReporter(Protocol):
-    """Receives the progress of long work; the CLI renders it with rich, tests may ignore it."""
-
-    def info(self, message: str) -> None: ...
-    def warn(self, message: str) -> None: ...
-    def stage(self, description: str, total: int) -> Callable[[int], None]:
-        """Start a stage of `total` images; the returned callback takes the number done so far."""
-        ...
-
-
-class SilentStages:
-    """A StageReporter that ignores everything."""
-
-    def info(self, message: str) -> None:
-        pass
-
-    def warn(self, message: str) -> None:
-        pass
-
-    def stage(self, description: str, total: int) -> Callable[[int], None]:
-        return lambda done: None
-
-
-@dataclass
-class Predictions:
-    """Class probabilities and true labels per task, in sample order."""
-
-    paths: list[Path]
-    probs: dict[str, Tensor]  # task -> (N, classes) softmax probabilities
-    targets: dict[str, Tensor]  # task -> (N,) true class index in that task
-
-
-# ---------------------------------------------------------------- images -> probabilities
-
-
-def view_transform(meta: dict[str, Any], tta: bool = False) -> Callable[[Any], Tensor]:
-    """The checkpoint's eval preprocessing; with `tta`, a (6, 3, S, S) stack of views (mirrors are added later).
-
-    The views are the whole image and the four corner and centre crops of a resize to S / 0.875.
-    """
-    import torch
-    from torchvision.transforms import v2
-
-    from carcli.data.transforms import eval_transform
-
-    size = int(meta["img_size"])
-    plain = eval_transform(size, meta["mean"], meta["std"])
-    if not tta:
-        return plain
-    larger = eval_transform(round(size / TTA_CROP), meta["mean"], meta["std"])
-    five = v2.FiveCrop(size)
-    return lambda img: torch.stack([plain(img), *five(larger(img))])
-
-
-def batch_probs(model: nn.Module, images: Tensor, temperatures: dict[str, float] | None = None) -> dict[str, Tensor]:
-    """Softmax probabilities per task, each task's logits divided by its calibration temperature first;
-    a 5-D batch (B, views, 3, S, S) is averaged over its views and their mirrors."""
-    import torch
-
-    temperatures = temperatures or {}
-    if images.ndim == 4:
-        return {task: (z.float() / temperatures.get(task, 1.0)).softmax(1) for task, z in model(images).items()}
-    batch, views = images.shape[:2]
-    flat = images.flatten(0, 1)
-    logits = model(torch.cat([flat, flat.flip(-1)]))
-    return {
-        task: (z.float() / temperatures.get(task, 1.0)).softmax(1).view(2, batch, views, -1).mean((0, 2))
-        for task, z in logits.items()
-    }
-
-
-def dataset_probs(
-    model: nn.Module,
-    dataset: Dataset,
-    batch_size: int = 64,
-    device: str = "cpu",
-    workers: int = 0,
-    progress: Callable[[int], None] | None = None,
-    temperatures: dict[str, float] | None = None,
-) -> dict[str, Tensor]:
-    """Softmax probabilities per task for every item of `dataset` (image tensors first, labels ignored)."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    model.eval().to(device)
-    chunks: dict[str, list[Tensor]] = {}
-    done = 0
-    with torch.no_grad():
-        for images, _ in loader:
-            for task, p in batch_probs(model, images.to(device), temperatures).items():
-                chunks.setdefault(task, []).append(p.cpu())
-            done += len(images)
-            if progress:
-                progress(done)
-    return {task: torch.cat(parts) for task, parts in chunks.items()}
-
-
-def sample_probs(
-    model: nn.Module,
-    meta: dict[str, Any],
-    samples: Sequence[Sample],
-    batch_size: int = 64,
-    device: str = "cpu",
-    workers: int = 0,
-    progress: Callable[[int], None] | None = None,
-    tta: bool = False,
-    crop_margin: float | None = None,
-) -> dict[str, Tensor]:
-    """Softmax probabilities per task for `samples`, with the checkpoint's preprocessing (and `tta` views)
-    and calibration temperatures."""
-    size = int(meta["img_size"])
-    dataset = ImageDataset(samples, view_transform(meta, tta), size, crop_margin)
-    if tta:
-        batch_size = max(1, batch_size // 12)  # six views and their mirrors per image
-    return dataset_probs(model, dataset, batch_size, device, workers, progress, temperatures_of(meta))
-
-
-def predict_samples(
-    model: nn.Module,
-    meta: dict[str, Any],
-    samples: Sequence[Sample],
-    class_names: Sequence[str],
-    batch_size: int = 64,
-    device: str = "cpu",
-    workers: int = 0,
-    progress: Callable[[int], None] | None = None,
-    tta: bool = False,
-    crop_margin: float | None = None,
-) -> Predictions:
-    """Softmax probabilities per task for `samples` (labels index `class_names`), with the checkpoint's preprocessing.
-
-    `progress` is called with the number of images done after each batch. `tta` averages flips and
-    crops; `crop_margin` crops samples that have a bounding box to it (grown by that share).
-    """
-    import torch
-
-    to_fine = np.asarray(align_labels(class_names, meta), dtype=np.int64)
-    probs = sample_probs(model, meta, samples, batch_size, device, workers, progress, tta, crop_margin)
-    targets = sample_targets(samples, to_fine, meta, list(probs))
-    return Predictions([s.path for s in samples], probs, {t: torch.from_numpy(y) for t, y in targets.items()})
-
-
-# ---------------------------------------------------------------- the devkit submission format
-
-
-def _annotations(path: Path) -> list[Any]:
-    from carcli.data.layouts import _csv_annotations, _mat_annotations
-
-    annotations = _csv_annotations(path) if path.suffix.lower() == ".csv" else _mat_annotations(path)
-    if annotations is None:
-        raise CarcliError(f"{path} has no classes (the unlabelled test annotations?)")
-    return annotations
-
-
-def annotation_classes(path: Path) -> list[int]:
-    """The 1-based class of every annotation of a devkit file: a cars_*_annos*.mat or test_labels.csv."""
-    if not path.is_file():
-        raise CarcliError(f"annotation file not found: {path}")
-    return [a.label for a in _annotations(path)]
-
-
-def score_submission(path: Path, classes: Sequence[int]) -> float:
-    """Top-1 of a submission file (class of annotation M on line M) against `classes`, as the devkit's eval_train.m."""
-    try:
-        predicted = [int(line) for line in path.read_text().split()]
-    except (OSError, ValueError) as exc:
-        raise CarcliError(f"{path} is not a submission file (one integer class a line): {exc}") from None
-    if len(predicted) != len(classes):
-        raise CarcliError(f"{path} has {len(predicted)} predictions but there are {len(classes)} annotations")
-    valid = set(classes)
-    bad = next((i for i, c in enumerate(predicted) if c not in valid), None)
-    if bad is not None:
-        raise CarcliError(f"{path}: line {bad + 1} predicts class {predicted[bad]}, which is not a valid class")
-    return float(np.mean(np.array(predicted) == np.array(classes))) if classes else 0.0
-
-
-def split_annotations(dataset: DataSet, split: str) -> tuple[Path, list[Path], list[int]]:
-    """The devkit annotation file behind `split`, the image path of each annotation and its 1-based class."""
-    from carcli.data import layouts
-
-    if dataset.layout != "devkit":
-        raise UsageError(f"--submission needs a Stanford Cars devkit; {dataset.root} is a {dataset.layout} data set")
-    base = layouts._locate(dataset.root)[1]
-    if split == "test":
-        names, folder = (layouts.DEVKIT_TEST_ANNOS, layouts.DEVKIT_TEST_CSV), base / layouts.DEVKIT_TEST_DIR
-    else:
-        names, folder = (layouts.DEVKIT_TRAIN_ANNOS,), base / layouts.DEVKIT_TRAIN_DIR
-    source = next((p for p in (layouts._devkit_file(base, n) for n in names) if p), None)
-    if source is None:
-        raise CarcliError(f"{base} has no labelled annotation file for the {split} split")
-    annotations = _annotations(source)
-    return source, [folder / a.fname for a in annotations], [a.label for a in annotations]
-
-
-@dataclass
-class SubmissionPlan:
-    """Where a submission goes and what it scores against: the image of each annotation and its true class."""
-
-    path: Path
-    annotated: list[Path]
-    truth: list[int]
-
-    def write(self, dataset: DataSet, paths: Sequence[Path], fine_pred: Sequence[int], meta: dict[str, Any]) -> float:
-        """Line M = the predicted 1-based devkit class of annotation M; returns the file's score."""
-        by_path = dict(zip(paths, fine_pred, strict=True))
-        devkit_class = {name: i + 1 for i, name in enumerate(dataset.class_names)}
-        names = meta["tasks"][FINE]
-        write_text(self.path, "".join(f"{devkit_class[names[by_path[p]]]}\n" for p in self.annotated))
-        return score_submission(self.path, self.truth)
-
-
-def plan_submission(
-    path: Path, dataset: DataSet, split: str, samples: Sequence[Sample], meta: dict[str, Any]
-) -> SubmissionPlan:
-    """Check, before any prediction, that `samples` cover every annotation of the split's devkit file
-    and that every class the checkpoint can predict has a devkit class number."""
-    source, annotated, truth = split_annotations(dataset, split)
-    foreign = set(meta["tasks"][FINE]) - set(dataset.class_names)
-    if foreign:
-        raise CarcliError(f"--submission: the checkpoint predicts {len(foreign)} classes the devkit does not number")
-    have = {s.path for s in samples}
-    missing = [p for p in annotated if p not in have]
-    if missing:
-        raise CarcliError(
-            f"--submission needs a prediction for each of the {len(annotated)} annotations in {source.name}, "
-            f"but {len(missing)} have no readable image in the {split} split (first: {missing[0].name}); "
-            "use --split test on a devkit with cars_test/ and its labels"
-        )
-    return SubmissionPlan(path, annotated, truth)
-
-
-# ---------------------------------------------------------------- files
-
-
-# ---------------------------------------------------------------- the eval job
 
 
 @dataclass
@@ -300,24 +66,6 @@ class EvalResult:
     most_confused: list[dict[str, Any]]  # the top pairs (all of them are in most_confused.csv)
     unreadable: list[Path] = field(default_factory=list)
     submission_top1: float | None = None  # the written submission, scored by `score_submission`
-
-
-def default_workers(images: int, batch_size: int) -> int:
-    """Loader processes: none for a single batch, else half the cores (at most 8), as training on a CPU."""
-    return 0 if images <= batch_size else min(8, (os.cpu_count() or 2) // 2)
-
-
-def load_scorer(model_path: Path, device: str = "auto") -> tuple[Any, dict[str, Any], str]:
-    """(model, metadata, where it runs): an `OnnxModel` for a `.onnx` file (no torch), else the checkpoint's module."""
-    if is_onnx(model_path):
-        onnx_model = OnnxModel.load(model_path)
-        return onnx_model, onnx_model.meta, "onnxruntime"
-    from carcli.checkpoint import load_model
-    from carcli.device import resolve_device
-
-    torch_device = str(resolve_device(device))
-    model, meta = load_model(model_path, torch_device)
-    return model, meta, torch_device
 
 
 def evaluate(
@@ -460,8 +208,6 @@ def _run(
     workers = default_workers(len(samples), batch_size) if workers is None else workers
     run = {"batch_size": batch_size, "device": device, "workers": workers, "crop_margin": crop_margin}
     if crop == "cam":
-        from carcli.explain import cam_crop_probs
-
         return cam_crop_probs(model, meta, samples, reporter=reporter, **run)
     return None, sample_probs(model, meta, samples, progress=progress, tta=tta, **run)
 
@@ -494,8 +240,6 @@ def sample_targets_like(targets: dict[str, np.ndarray], meta: dict[str, Any], ta
 
 def rewrite_calibration(checkpoint: Path, meta: dict[str, Any], record: dict[str, Any], out: Path | None) -> Path:
     """Store `record` as the checkpoint's `calibration` metadata, in place or in a copy at `out` (atomically)."""
-    from carcli.checkpoint import rewrite_metadata
-
     stored = {k: v for k, v in record.items() if k != "checkpoint"}
     return rewrite_metadata(checkpoint, {**meta, "calibration": stored}, out)
 
@@ -513,9 +257,9 @@ def _score(
     targets = sample_targets(samples, to_fine, meta, list(probs))
     tasks, files, pairs = _write_reports(meta, samples, probs, targets, sources, out_dir)
     if plain is not None:
-        plain_probs = with_implied_tasks(plain, meta)[0]
+        plain_top1 = top1_per_task(with_implied_tasks(plain, meta)[0], targets, list(tasks))
         for task, metrics in tasks.items():
-            metrics["plain_top1"] = topk_accuracy(plain_probs[task], targets[task])
+            metrics["plain_top1"] = plain_top1[task]
     return EvalResult({"tasks": tasks}, out_dir, files, pairs[:MOST_CONFUSED_SHOWN])
 
 

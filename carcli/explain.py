@@ -1,10 +1,10 @@
-"""Explanations: Grad-CAM heat maps (torchcam), gradient saliency, and the CAM crop for two-pass prediction.
+"""Explanations: Grad-CAM heat maps (torchcam), gradient saliency, and the overlays `predict --explain` and
+`serve` draw.
 
 Grad-CAM is torchcam's `GradCAM`, hooked on the last layer of the model whose output is still a
 spatial feature map (torchcam locates it with one forward pass, so every timm and torchvision
 backbone, a pruned model and an ensemble are served alike). Heat maps are computed for the top
-fine class. The CAM crop (`--crop cam`) thresholds the map, keeps its strongest connected region,
-crops the photo to that box (plus a margin) and predicts again; the answer is the mean of both passes.
+fine class. The CAM crop of two-pass prediction (`--crop cam`) uses these maps: `carcli.inference`.
 """
 
 from __future__ import annotations
@@ -23,21 +23,16 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from carcli.calibration import temperatures_of
 from carcli.data.images import ImageDataset, centre_square, open_rgb
 from carcli.data.layouts import Sample
 from carcli.data.taxonomy import FINE
-from carcli.evaluate import SilentStages, StageReporter, dataset_probs, view_transform
+from carcli.data.transforms import view_transform
 from carcli.files import atomic_output
 
 if TYPE_CHECKING:
     from torchcam.methods import GradCAM
 
-CAM_THRESHOLD = 0.2  # share of the map's maximum that counts as object
-CROP_MARGIN = 0.1  # the CAM box grows by this share of its size on each side
-MIN_CROP = 0.3  # a CAM box is never narrower or lower than this share of the image
 DISPLAY_SIZE = 448  # longest side of the written overlays
-Box = tuple[float, float, float, float]  # x1, y1, x2, y2 as shares of the image's width and height
 
 
 @contextmanager
@@ -73,92 +68,6 @@ def saliency_maps(model: nn.Module, images: Tensor, classes: Sequence[int]) -> T
     low = sal.flatten(1).amin(1)[:, None, None]
     high = sal.flatten(1).amax(1)[:, None, None]
     return (sal - low) / (high - low).clamp_min(1e-12)
-
-
-def cam_box(cam: Tensor) -> Box:
-    """The box around the strongest connected region of `cam` above CAM_THRESHOLD, grown by CROP_MARGIN."""
-    from scipy import ndimage
-
-    values = cam.numpy()
-    labels, count = ndimage.label(values >= CAM_THRESHOLD * max(float(values.max()), 1e-12))
-    if count == 0:
-        return (0.0, 0.0, 1.0, 1.0)
-    mass = ndimage.sum(values, labels, index=range(1, count + 1))
-    rows, cols = np.nonzero(labels == int(np.argmax(mass)) + 1)
-    height, width = values.shape
-    x = _span(cols.min() / width, (cols.max() + 1) / width)
-    y = _span(rows.min() / height, (rows.max() + 1) / height)
-    return (x[0], y[0], x[1], y[1])
-
-
-def _span(low: float, high: float) -> tuple[float, float]:
-    """[low, high] grown by the margin, at least MIN_CROP wide, inside [0, 1]."""
-    grow = CROP_MARGIN * (high - low)
-    low, high = low - grow, high + grow
-    if high - low < MIN_CROP:
-        centre = (low + high) / 2
-        low, high = centre - MIN_CROP / 2, centre + MIN_CROP / 2
-    shift = max(0.0, -low) - max(0.0, high - 1)
-    return max(0.0, low + shift), min(1.0, high + shift)
-
-
-class CroppedDataset(ImageDataset):
-    """Samples cropped to a box given as shares of each image's centre square (the evaluation view)."""
-
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        boxes: Sequence[Box],
-        transform: Callable[[Image.Image], Any],
-        min_size: int,
-        crop_margin: float | None = None,
-    ) -> None:
-        super().__init__(samples, transform, min_size, crop_margin)
-        self.boxes = list(boxes)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        sample, (x1, y1, x2, y2) = self.samples[index], self.boxes[index]
-        min_size = int(self.min_size / max(min(x2 - x1, y2 - y1), MIN_CROP))
-        box = sample.bbox if self.crop_margin is not None else None
-        img = open_rgb(sample.path, min_size, box, self.crop_margin or 0.0)
-        left, top, side = centre_square(*img.size)  # the box is in shares of the view: the centre square
-        crop = (left + x1 * side, top + y1 * side, left + x2 * side, top + y2 * side)
-        return self.transform(img.crop(crop)), sample.label
-
-
-def cam_crop_probs(
-    model: nn.Module,
-    meta: dict[str, Any],
-    samples: Sequence[Sample],
-    batch_size: int = 64,
-    device: str = "cpu",
-    workers: int = 0,
-    crop_margin: float | None = None,
-    reporter: StageReporter | None = None,
-) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Two-pass prediction: (first-pass probabilities, mean of the first pass and the CAM-crop pass) per task."""
-    reporter = reporter or SilentStages()
-    size = int(meta["img_size"])
-    temperatures = temperatures_of(meta)
-    model.eval().to(device)
-    loader = DataLoader(
-        ImageDataset(samples, view_transform(meta), size, crop_margin), batch_size=batch_size, num_workers=workers
-    )
-    progress = reporter.stage("pass 1: Grad-CAM", len(samples))
-    first: dict[str, list[Tensor]] = {}
-    boxes: list[Box] = []
-    with grad_cam(model, size) as extractor:
-        for images, _ in loader:
-            logits, maps = cam_maps(model, extractor, images.to(device))
-            for task, z in logits.items():
-                first.setdefault(task, []).append((z.float() / temperatures.get(task, 1.0)).softmax(1).cpu())
-            boxes.extend(cam_box(m) for m in maps)
-            progress(len(boxes))
-    cropped = CroppedDataset(samples, boxes, view_transform(meta), size, crop_margin)
-    progress = reporter.stage("pass 2: CAM crops", len(samples))
-    second = dataset_probs(model, cropped, batch_size, device, workers, progress, temperatures)
-    plain = {task: torch.cat(parts) for task, parts in first.items()}
-    return plain, {task: (plain[task] + second[task]) / 2 for task in plain}
 
 
 # ---------------------------------------------------------------- overlays

@@ -31,11 +31,11 @@ import torch
 from torch import Tensor, nn
 
 from carcli.calibration import temperatures_of
-from carcli.checkpoint import load_model
 from carcli.deploy import EXTRA, INPUT_NAME, METADATA_KEY, export_info
-from carcli.ensemble import predicted_tasks
 from carcli.errors import CarcliError, UsageError
 from carcli.files import atomic_output, check_output_file
+from carcli.models.builder import load_model
+from carcli.models.ensemble import predicted_tasks
 from carcli.usage import EXPORT_FORMATS, check_export
 
 QUANTIZE = ("int8",)

@@ -1,5 +1,6 @@
-"""Scoring predictions (numpy; torch tensors on the CPU are accepted as they are): top-k accuracy, the tasks a
-model has no head for, per-task metrics with confusion matrices, hierarchy consistency, the most confused pairs.
+"""Scoring predictions (numpy; torch tensors on the CPU are accepted as they are): top-k accuracy, top-1 per
+task, the tasks a model has no head for, per-task metrics with confusion matrices, hierarchy consistency, the
+most confused pairs.
 
 Nothing here imports torch, so an ONNX model is scored by the very code that scores a checkpoint.
 """
@@ -23,6 +24,13 @@ def topk_accuracy(probs: Any, targets: Any, k: int = 1) -> float:
         return 0.0
     top = np.argsort(-p, axis=1, kind="stable")[:, : min(k, p.shape[1])]
     return float((top == y[:, None]).any(1).mean())
+
+
+def top1_per_task(
+    probs: dict[str, Any], targets: dict[str, Any], tasks: Sequence[str] | None = None
+) -> dict[str, float]:
+    """Top-1 of every task of `probs` (or of `tasks`, in that order) against `targets`."""
+    return {task: topk_accuracy(probs[task], targets[task]) for task in (probs if tasks is None else tasks)}
 
 
 def with_implied_tasks(probs: dict[str, Any], meta: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, str]]:

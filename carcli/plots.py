@@ -1,5 +1,6 @@
-"""Every figure carcli draws, with matplotlib (Agg, set up once in `_pyplot`) and written atomically (`save_figure`):
-training curves, confusion matrices, the top-loss contact sheet and reliability diagrams.
+"""Every figure carcli draws, with matplotlib (Agg, set up once in `pyplot`) and written atomically (`save_figure`):
+training curves, confusion matrices, the top-loss contact sheet, reliability diagrams and prune's sweep;
+`carcli tune` draws Optuna's charts through the same two functions.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from carcli.files import atomic_output
 
 def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
     """Two panels from metrics.jsonl records: losses, and top-1 of every task (train top-1 is the fine task's)."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [r["epoch"] for r in records]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
     loss_ax.plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
@@ -35,7 +36,8 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
     save_figure(fig, path)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (files only, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,7 +52,7 @@ def save_figure(fig: Any, path: Path, dpi: int = 100) -> None:
         with atomic_output(path) as tmp:
             fig.savefig(tmp, dpi=dpi, format="png")
     finally:
-        _pyplot().close(fig)
+        pyplot().close(fig)
 
 
 def _normalised(matrix: np.ndarray) -> np.ndarray:
@@ -74,7 +76,7 @@ def plot_confusion(
     """
     from matplotlib.colors import PowerNorm
 
-    plt = _pyplot()
+    plt = pyplot()
     shown = [i for i in range(len(names)) if matrix[i].sum() or matrix[:, i].sum()]
     groups = group_of or [""] * len(names)
     order = sorted(shown, key=lambda i: (groups[i], names[i]))
@@ -137,7 +139,7 @@ def plot_top_losses(
     columns: int = 6,
 ) -> None:
     """A contact sheet: each image with its true class, the prediction, its probability and the loss."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = max(1, -(-len(paths) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(2.7 * columns, 3.3 * rows), squeeze=False)
     for ax in axes.flat:
@@ -155,7 +157,7 @@ def plot_top_losses(
 
 def plot_reliability(bins: dict[str, list[dict[str, float]]], ece: dict[str, float], path: Path) -> None:
     """One reliability diagram per task: accuracy against mean confidence per bin, the diagonal, the gaps, ECE."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(bins), figsize=(3.6 * len(bins), 3.8), squeeze=False)
     for ax, (task, table) in zip(axes[0], bins.items(), strict=True):
         lower = np.array([b["lower"] for b in table])
@@ -170,5 +172,18 @@ def plot_reliability(bins: dict[str, list[dict[str, float]]], ece: dict[str, flo
         ax.set(title=f"{task}: ECE {100 * ece[task]:.1f}%", xlabel="confidence", xlim=(0, 1), ylim=(0, 1))
         ax.legend(fontsize="small", loc="upper left")
     axes[0][0].set_ylabel("accuracy")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_sweep(rates: Sequence[float], top1: dict[str, Sequence[float]], title: str, path: Path) -> None:
+    """Top-1 (%) of every task against the pruning rate."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for task, values in top1.items():
+        ax.plot(rates, [100 * v for v in values], "o-", label=task)
+    ax.set(title=title, xlabel="pruning rate", ylabel="top-1 (%)", ylim=(0, 100))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
     fig.tight_layout()
     save_figure(fig, path)

@@ -1,5 +1,6 @@
-"""Prediction for image files: gather the inputs (files, folders, globs), batch them through a checkpoint,
-and read off the top-k fine classes, the make, body type and year, and the modernity score.
+"""`carcli predict`: gather the inputs (files, folders, globs), batch them through a checkpoint or an `.onnx`
+model, and read off the top-k fine classes, the make, body type and year, and the modernity score
+(the answers are `carcli.inference.image_predictions`'); the CSV table and the explanation overlays.
 
 Modernity is the expected production year under the predicted year distribution, scaled over the
 years the checkpoint knows (its year classes, i.e. the years of its training set) to [0, 1]: 0 = the
@@ -15,9 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from carcli.calibration import temperatures_of
 from carcli.checkpoint import at_size
 from carcli.data.finding import expand_inputs
 from carcli.data.images import image_problems
@@ -25,39 +23,22 @@ from carcli.data.layouts import Sample
 from carcli.data.taxonomy import FINE
 from carcli.deploy import OnnxModel, is_onnx
 from carcli.errors import CarcliError, UsageError
-from carcli.evaluate import (
+from carcli.files import check_output_dir, check_output_file, write_csv
+from carcli.inference import (
+    COARSE,
+    ImagePrediction,
     SilentStages,
     StageReporter,
-    batch_probs,
+    cam_crop_probs,
     default_workers,
+    image_predictions,
     load_scorer,
     sample_probs,
 )
-from carcli.files import check_output_dir, check_output_file, write_csv
-from carcli.metrics import with_implied_tasks
 from carcli.usage import check_predict, newest_checkpoint
 
 if TYPE_CHECKING:
     import torch
-
-COARSE = ("make", "type", "year")
-
-
-@dataclass
-class ImagePrediction:
-    """One image's answer; `to_json` gives the JSON Lines object of `carcli predict --json`."""
-
-    image: str
-    top_k: list[dict[str, Any]]  # [{"label", "score"}], best first
-    coarse: dict[str, dict[str, Any] | None]  # make/type/year -> {"label", "score"(, "expected")} or None
-    modernity: float | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"image": self.image, "top_k": self.top_k, **self.coarse, "modernity": self.modernity}
-
-    def caption(self) -> str:
-        """The top class and its probability, as the explanation overlays show it."""
-        return f"{self.top_k[0]['label']} ({100 * self.top_k[0]['score']:.1f}%)"
 
 
 @dataclass
@@ -81,52 +62,6 @@ def gather_images(inputs: Sequence[str]) -> tuple[list[Path], list[tuple[str, st
     bad = image_problems(candidates)
     skipped += [(str(p), why) for p, why in bad.items()]
     return [p for p in candidates if p not in bad], skipped
-
-
-def modernity(year_probs: Any, years: Sequence[str]) -> np.ndarray:
-    """(expected year - first year) / (last year - first year) for each row of a year distribution."""
-    values = np.asarray([float(y) for y in years], dtype=np.float32)
-    span = float(values.max() - values.min())
-    expected = np.asarray(year_probs, dtype=np.float32) @ values
-    return (expected - values.min()) / span if span else np.zeros(len(expected), dtype=np.float32)
-
-
-def image_predictions(
-    paths: Sequence[Path | str], probs: dict[str, Any], meta: dict[str, Any], top_k: int
-) -> list[ImagePrediction]:
-    """Per-image answers from the probabilities of every task (coarse tasks filled from the fine one if needed).
-
-    `probs` are numpy arrays or CPU tensors: the `.st` and the `.onnx` paths share this code.
-    """
-    probs, _ = with_implied_tasks(probs, meta)
-    names = meta["tasks"]
-    order = np.argsort(-probs[FINE], axis=1, kind="stable")[:, :top_k]
-    years = modernity(probs["year"], names["year"]) if "year" in probs else None
-    expected = probs["year"] @ np.asarray([float(y) for y in names["year"]], np.float32) if "year" in probs else None
-    answers = []
-    for row, path in enumerate(paths):
-        coarse: dict[str, dict[str, Any] | None] = dict.fromkeys(COARSE)
-        for task in COARSE:
-            if task in probs:
-                index = int(probs[task][row].argmax())
-                coarse[task] = {"label": names[task][index], "score": round(float(probs[task][row, index]), 6)}
-        if expected is not None and coarse["year"] is not None:
-            coarse["year"]["expected"] = round(float(expected[row]), 2)
-        top = [{"label": names[FINE][int(i)], "score": round(float(probs[FINE][row, i]), 6)} for i in order[row]]
-        score = None if years is None else round(float(years[row]), 4)
-        answers.append(ImagePrediction(str(path), top, coarse, score))
-    return answers
-
-
-def predict_batch(
-    model: torch.nn.Module, meta: dict[str, Any], images: torch.Tensor, names: Sequence[str], top_k: int = 5
-) -> list[ImagePrediction]:
-    """Answers for a batch of images already in the checkpoint's view (`view_transform`): `carcli serve`'s path."""
-    import torch
-
-    with torch.no_grad():
-        probs = batch_probs(model.eval(), images, temperatures_of(meta))
-    return image_predictions(names, probs, meta, top_k)
 
 
 def write_predictions_csv(predictions: Sequence[ImagePrediction], path: Path, top_k: int) -> None:
@@ -186,8 +121,6 @@ def predict(
     if isinstance(model, OnnxModel):
         probs = model.sample_probs(samples, batch_size, reporter.stage("predicting", len(samples)))
     elif crop == "cam":
-        from carcli.explain import cam_crop_probs
-
         probs = cam_crop_probs(model, meta, samples, reporter=reporter, **run)[1]
     else:
         probs = sample_probs(model, meta, samples, progress=reporter.stage("predicting", len(samples)), **run)

@@ -1,30 +1,32 @@
-"""Pruning a checkpoint: magnitude (global L1, unstructured) or channel (Torch-Pruning, channels really removed).
+"""`carcli prune`: a checkpoint pruned by magnitude (global L1, unstructured) or by channel (Torch-Pruning,
+channels really removed).
 
 `prune_checkpoint` prunes at one rate, optionally fine-tunes, writes a normal `.st` and reports
-before/after size, speed and accuracy; `sweep` scores rates 0.1..0.9 without writing models.
-A channel-pruned model has other shapes than its architecture's: `structure_of` records the
-module attributes that changed (in the checkpoint's `pruned` metadata) and `rebuild_structure`
-reshapes a freshly built model to them, so `carcli.checkpoint.load_model` loads it like any other.
+before/after size, speed and accuracy; `sweep` scores rates 0.1..0.9 without writing models. The
+pruning itself and the record of a channel-pruned model's shapes are `carcli.models.pruned`'s.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from carcli.bench import count_parameters, eval_samples, latency_ms, top1_per_task
-from carcli.checkpoint import load_checkpoint, load_model, save_checkpoint, trained_on
+from carcli.checkpoint import load_checkpoint, save_checkpoint, trained_on
 from carcli.device import resolve_device
 from carcli.errors import CarcliError, UsageError
 from carcli.files import check_output_file, csv_text, write_bytes
+from carcli.inference import eval_samples, predict_samples
+from carcli.measure import count_parameters, latency
+from carcli.metrics import top1_per_task
+from carcli.models.builder import load_model
+from carcli.models.pruned import apply_pruning, fold_masks, pruned_metadata
+from carcli.plots import plot_sweep
 from carcli.usage import check_prune
 
 if TYPE_CHECKING:
@@ -83,123 +85,6 @@ class SweepResult:
         return rows
 
 
-# ---------------------------------------------------------------- pruning a model in place
-
-
-def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """The weights of every convolution and linear layer."""
-    return [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-
-
-def magnitude_prune(model: nn.Module, rate: float, permanent: bool = True) -> None:
-    """Zero the `rate` share of conv and linear weights with the smallest |w|, globally.
-
-    `permanent=False` keeps torch's masks (`weight_orig` * `weight_mask`) so that fine-tuning cannot
-    regrow the zeros; `fold_masks` turns such a state dict into plain weights afterwards.
-    """
-    from torch.nn.utils import prune
-
-    weights = prunable_weights(model)
-    prune.global_unstructured(weights, pruning_method=prune.L1Unstructured, amount=rate)
-    if permanent:
-        for module, name in weights:
-            prune.remove(module, name)
-
-
-def fold_masks(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A state dict with pruning masks (`x_orig`, `x_mask`) as plain tensors `x` = `x_orig` * `x_mask`."""
-    masked = {k.removesuffix("_orig") for k in state if k.endswith("_orig") and f"{k[:-5]}_mask" in state}
-    plain = {
-        k: v
-        for k, v in state.items()
-        if k.removesuffix("_orig") not in masked and k.removesuffix("_mask") not in masked
-    }
-    return {**plain, **{base: state[f"{base}_orig"] * state[f"{base}_mask"] for base in masked}}
-
-
-def weight_sparsity(model: nn.Module) -> float:
-    """Share of exact zeros among the conv and linear weights."""
-    tensors = [getattr(m, name) for m, name in prunable_weights(model)]
-    total = sum(t.numel() for t in tensors)
-    return sum(int((t == 0).sum()) for t in tensors) / max(1, total)
-
-
-def channel_prune(model: nn.Module, rate: float, img_size: int) -> None:
-    """Remove the `rate` share of channels of every prunable layer (L1 importance), keeping the class outputs."""
-    import torch_pruning as tp
-
-    model.eval()
-    example = torch.zeros(1, 3, img_size, img_size)
-    head = getattr(model, "head", model)
-    outputs = [m for m in head.modules() if isinstance(m, nn.Linear)]
-    importance = tp.importance.GroupMagnitudeImportance(p=1)
-    pruner = tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=rate, ignored_layers=outputs)
-    pruner.step()
-
-
-def apply_pruning(model: nn.Module, method: str, rate: float, img_size: int, permanent: bool = True) -> None:
-    """Prune `model` in place with `method` at `rate` (`permanent` as for `magnitude_prune`)."""
-    if method == "magnitude":
-        magnitude_prune(model, rate, permanent)
-    else:
-        channel_prune(model, rate, img_size)
-
-
-def pruned_metadata(model: nn.Module, meta: dict[str, Any], method: str, rate: float) -> dict[str, Any]:
-    """`meta` with the `pruned` entry that load_model needs to rebuild the pruned `model`."""
-    pruned: dict[str, Any] = {"method": method, "rate": rate, "sparsity": weight_sparsity(model)}
-    structure = structure_of(model, meta)
-    if structure:
-        pruned["structure"] = structure
-    return {**meta, "pruned": pruned}
-
-
-# ---------------------------------------------------------------- storing the new shapes
-
-
-def _shape_like(value: Any) -> bool:
-    return isinstance(value, int) or (isinstance(value, tuple | list) and all(isinstance(v, int) for v in value))
-
-
-def _attributes(module: nn.Module) -> dict[str, Any]:
-    """A module's plain integer attributes (channel counts, groups, ...), the ones pruning rewrites."""
-    return {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training" and _shape_like(v)}
-
-
-def structure_of(model: nn.Module, meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """{module name: {attribute: value}} where `model` differs from a fresh model of its architecture."""
-    from carcli.models.registry import create_model
-
-    tasks = {task: len(names) for task, names in meta["tasks"].items()}
-    with torch.device("meta"):
-        fresh = dict(create_model(meta["arch"], meta["head"], tasks).named_modules())
-    structure: dict[str, dict[str, Any]] = {}
-    for name, module in model.named_modules():
-        before = _attributes(fresh[name])
-        changed = {
-            k: list(v) if isinstance(v, tuple) else v for k, v in _attributes(module).items() if before.get(k) != v
-        }
-        if changed:
-            structure[name] = changed
-    return structure
-
-
-def rebuild_structure(model: nn.Module, structure: dict[str, dict[str, Any]], state: dict[str, Tensor]) -> None:
-    """Give a fresh model the recorded attributes and the tensor shapes of `state`, ready for load_state_dict."""
-    for name, attributes in structure.items():
-        module = model.get_submodule(name)
-        for attribute, value in attributes.items():
-            setattr(module, attribute, tuple(value) if isinstance(getattr(module, attribute), tuple) else value)
-    current = model.state_dict()
-    for key, tensor in state.items():
-        if key in current and current[key].shape != tensor.shape:
-            path, _, attribute = key.rpartition(".")
-            module = model.get_submodule(path)
-            empty = torch.empty(tensor.shape, dtype=tensor.dtype)
-            is_parameter = isinstance(getattr(module, attribute), nn.Parameter)
-            setattr(module, attribute, nn.Parameter(empty) if is_parameter else empty)
-
-
 # ---------------------------------------------------------------- the command
 
 
@@ -214,9 +99,17 @@ def _report(
     model: nn.Module, meta: dict[str, Any], file_bytes: int, samples: list[Sample], class_names: list[str], device: str
 ) -> ModelReport:
     total, nonzero = count_parameters(model)
-    top1 = top1_per_task(model, meta, samples, class_names, device=device)
-    speed = latency_ms(model.to("cpu"), int(meta["img_size"]), threads=1)
+    top1 = _top1(model, meta, samples, class_names, device)
+    speed = latency(model.to("cpu"), int(meta["img_size"]), threads=1)[0]
     return ModelReport(total, nonzero, file_bytes, speed, top1)
+
+
+def _top1(
+    model: nn.Module, meta: dict[str, Any], samples: Sequence[Sample], class_names: Sequence[str], device: str
+) -> dict[str, float]:
+    """Top-1 of every task the model predicts, on `samples`."""
+    preds = predict_samples(model, meta, samples, class_names, device=device)
+    return top1_per_task(preds.probs, preds.targets)
 
 
 def prune_checkpoint(
@@ -327,14 +220,14 @@ def sweep(
         if rate:
             apply_pruning(candidate, method, rate, int(meta["img_size"]))
         nonzero.append(count_parameters(candidate)[1])
-        for task, value in top1_per_task(candidate, meta, samples, class_names, device=device).items():
+        for task, value in _top1(candidate, meta, samples, class_names, device).items():
             top1.setdefault(task, []).append(value)
         if progress:
             progress(f"rate {rate:g}: " + "  ".join(f"{t} {100 * v[-1]:.1f}%" for t, v in top1.items()))
     result = SweepResult(method, rates, top1, nonzero, csv_path, png_path)
     write_bytes(csv_path, _sweep_csv(result).encode())
     name = f"{checkpoint.parent.name}/{checkpoint.name}"
-    _plot_sweep(result, f"{name}: {method} pruning, top-1 on {len(samples)} {split} images")
+    plot_sweep(rates, top1, f"{name}: {method} pruning, top-1 on {len(samples)} {split} images", png_path)
     return result
 
 
@@ -342,22 +235,3 @@ def _sweep_csv(result: SweepResult) -> str:
     rows = [[task, *(f"{v:.4f}" for v in values)] for task, values in result.top1.items()]
     rows.append(["nonzero_parameters", *result.nonzero])
     return csv_text(["task", *(f"{r:g}" for r in result.rates)], rows, line_end="\n")
-
-
-def _plot_sweep(result: SweepResult, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for task, values in result.top1.items():
-        ax.plot(result.rates, [100 * v for v in values], "o-", label=task)
-    ax.set(title=title, xlabel="pruning rate", ylabel="top-1 (%)", ylim=(0, 100))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    write_bytes(result.png_path, buffer.getvalue())

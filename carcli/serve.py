@@ -47,10 +47,11 @@ from torch import Tensor, nn
 
 from carcli.data.images import open_rgb
 from carcli.data.taxonomy import FINE
+from carcli.data.transforms import view_transform
 from carcli.deploy import OnnxModel, eval_view, is_onnx
-from carcli.evaluate import view_transform
 from carcli.explain import DISPLAY_SIZE, cam_maps, centre_view, grad_cam, overlay
-from carcli.predict import ImagePrediction, image_predictions, predict_batch
+from carcli.inference import ImagePrediction, image_predictions, predict_batch
+from carcli.usage import newest_checkpoint
 
 TOP_K = 5
 MAX_PIXELS = 100_000_000  # larger images are refused before they are decoded (decompression bombs)
@@ -108,8 +109,8 @@ class Engine:
         """The engine for a `.st` checkpoint (plain, pruned or ensemble) or an exported `.onnx` model."""
         if is_onnx(path):
             return OnnxEngine(OnnxModel.load(path), path)
-        from carcli.checkpoint import load_model
         from carcli.device import resolve_device
+        from carcli.models.builder import load_model
 
         torch_device = str(resolve_device(device))
         model, meta = load_model(path, torch_device)
@@ -453,8 +454,6 @@ def url_of(sock: socket.socket) -> str:
 
 def serve(options: ServeOptions, notify: Callable[[str], None] = lambda message: None) -> Stats:
     """Load the model, listen, serve until Ctrl-C (or SIGTERM); what was served comes back."""
-    from carcli.predict import newest_checkpoint
-
     if options.max_batch < 1:
         raise UsageError("--max-batch must be at least 1")
     if options.max_upload_mb <= 0:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from carcli.files import atomic_output, csv_text, write_text
+from carcli.files import csv_text, write_text
 
 if TYPE_CHECKING:
     import optuna
@@ -108,10 +108,9 @@ def _toml(value: Any) -> str:
 
 def _plots(study: optuna.Study, out: Path, metric: str, completed: int) -> list[Path]:
     """Optuna's matplotlib history and (from two completed trials) parameter importance plots."""
-    import matplotlib
+    from carcli.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    pyplot()  # the Agg backend, before Optuna's matplotlib charts are imported
     from optuna.visualization import matplotlib as optuna_plots
 
     charts = [("history.png", lambda: optuna_plots.plot_optimization_history(study, target_name=f"{metric} top-1"))]
@@ -127,10 +126,6 @@ def _plots(study: optuna.Study, out: Path, metric: str, completed: int) -> list[
                 continue
         figure.set_size_inches(8, 5)
         figure.tight_layout()
-        try:
-            with atomic_output(out / name) as tmp:
-                figure.savefig(tmp, dpi=100)
-        finally:
-            plt.close(figure)
+        save_figure(figure, out / name)
         written.append(out / name)
     return written

@@ -9,15 +9,16 @@ import pytest
 import torch
 from conftest import SMALL_CLASSES, write_untrained_checkpoint
 
-from carcli import evaluate as evaluate_module
+from carcli import inference as inference_module
 from carcli import train as train_module
-from carcli.checkpoint import load_checkpoint, load_model, read_metadata
+from carcli.checkpoint import load_checkpoint, read_metadata
 from carcli.data.layouts import load_dataset
 from carcli.data.taxonomy import Taxonomy
 from carcli.distill import load_teachers
 from carcli.errors import CarcliError, UsageError
 from carcli.evaluate import evaluate
 from carcli.hierarchy import consistent_probs, fit_weights
+from carcli.models.builder import load_model
 from carcli.models.weights import init_from_checkpoint
 from carcli.predict import predict
 from carcli.prune import prune_checkpoint
@@ -102,13 +103,13 @@ def test_the_stored_evaluation_size_is_used_by_eval_and_predict(tiny_set, tmp_pa
     assert set(fit["weights"]) == {"make", "type"} and fit["val_top1"] >= fit["val_plain_top1"]
 
     seen: list[int] = []
-    real = evaluate_module.dataset_probs
+    real = inference_module.dataset_probs
 
     def spy(model, dataset, *args, **kwargs):
         seen.append(dataset[0][0].shape[-1])
         return real(model, dataset, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate_module, "dataset_probs", spy)
+    monkeypatch.setattr(inference_module, "dataset_probs", spy)
     image = str(next((tiny_set / "val").rglob("*.png")))
     evaluate(out / "best.st", out=tmp_path / "eval", workers=0)
     predict([image], out / "best.st", workers=0)

@@ -8,9 +8,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from carcli import bench as bench_module
-from carcli.bench import bench, count_flops, count_parameters, physical_cores
+from carcli import measure as measure_module
+from carcli.bench import bench
 from carcli.cli import app
+from carcli.measure import count_flops, count_parameters, physical_cores
 from carcli.models.registry import count_parameters as registry_parameters
 
 runner = CliRunner()
@@ -65,8 +66,8 @@ def test_threads_default_to_one_for_latency_and_the_cores_for_throughput():
 
 
 def test_a_wide_spread_of_timings_is_a_warning(monkeypatch):
-    monkeypatch.setattr(bench_module, "_time", lambda model, images, threads, budget: (0.01, 0.4))
+    monkeypatch.setattr(measure_module, "time_forward", lambda model, images, threads, budget: (0.01, 0.4))
     result = bench(arch="ghostnet", img_size=32, device="cpu")
     assert len(result.warnings) == 2 and "spread by 40%" in result.warnings[0]
-    monkeypatch.setattr(bench_module, "_time", lambda model, images, threads, budget: (0.01, 0.05))
+    monkeypatch.setattr(measure_module, "time_forward", lambda model, images, threads, budget: (0.01, 0.05))
     assert bench(arch="ghostnet", img_size=32, device="cpu").warnings == []

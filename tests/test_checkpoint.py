@@ -8,8 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from carcli.checkpoint import load_model, read_metadata, save_checkpoint
+from carcli.checkpoint import read_metadata, save_checkpoint
 from carcli.errors import CarcliError
+from carcli.models.builder import load_model
 from carcli.models.registry import create_model
 
 TASKS = {"model": ["a b Sedan 2001", "a c SUV 2002", "d e Sedan 2002"], "make": ["a", "d"]}

@@ -13,8 +13,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from carcli.checkpoint import load_model
 from carcli.cli import app
+from carcli.models.builder import load_model
 
 runner = CliRunner()
 FAST = ["--arch", "ghostnet", "--img-size", "64", "--batch-size", "8", "--workers", "0", "--seed", "1"]

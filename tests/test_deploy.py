@@ -15,13 +15,15 @@ import torch
 from typer.testing import CliRunner
 
 from carcli.calibration import expected_calibration_error, fit_temperature, tempered
-from carcli.checkpoint import load_model, read_metadata
+from carcli.checkpoint import read_metadata
 from carcli.cli import app
 from carcli.data.layouts import Sample
 from carcli.deploy import OnnxModel
 from carcli.errors import CarcliError
-from carcli.evaluate import evaluate, sample_probs
+from carcli.evaluate import evaluate
 from carcli.export import export_checkpoint
+from carcli.inference import sample_probs
+from carcli.models.builder import load_model
 from carcli.predict import predict
 
 runner = CliRunner()

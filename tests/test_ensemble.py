@@ -8,12 +8,12 @@ import torch
 from conftest import write_untrained_checkpoint
 from typer.testing import CliRunner
 
-from carcli.bench import eval_samples
-from carcli.checkpoint import load_model, read_metadata
+from carcli.checkpoint import read_metadata
 from carcli.cli import app
 from carcli.ensemble import build_ensemble, fit_weights
 from carcli.errors import CarcliError
-from carcli.evaluate import predict_samples
+from carcli.inference import eval_samples, predict_samples
+from carcli.models.builder import load_model
 
 runner = CliRunner()
 
@@ -113,7 +113,7 @@ def test_one_member_is_not_an_ensemble(untrained_members, real_folder_set):
 
 def test_a_channel_pruned_member_loads_inside_the_ensemble(untrained_members, real_folder_set, tmp_path):
     from carcli.checkpoint import save_checkpoint
-    from carcli.prune import apply_pruning, pruned_metadata
+    from carcli.models.pruned import apply_pruning, pruned_metadata
 
     model, meta = load_model(untrained_members[1])
     apply_pruning(model, "channel", 0.5, meta["img_size"])

@@ -15,25 +15,17 @@ import torch
 from conftest import SHARED, SMALL_CLASSES, need_real_photos, real_class_names, real_photos_by_class
 from PIL import Image
 
-from carcli.checkpoint import load_model
+from carcli.data.devkit import annotation_classes, score_submission
 from carcli.data.images import open_rgb
 from carcli.data.layouts import Sample, load_dataset
+from carcli.data.splits import align_labels
 from carcli.data.taxonomy import FINE, Taxonomy
+from carcli.data.transforms import view_transform
 from carcli.errors import CarcliError
-from carcli.evaluate import (
-    align_labels,
-    annotation_classes,
-    batch_probs,
-    evaluate,
-    most_confused,
-    predict_samples,
-    score_submission,
-    task_metrics,
-    topk_accuracy,
-    view_transform,
-    with_implied_tasks,
-)
-from carcli.metrics import confusion_matrix
+from carcli.evaluate import evaluate
+from carcli.inference import batch_probs, predict_samples
+from carcli.metrics import confusion_matrix, most_confused, task_metrics, topk_accuracy, with_implied_tasks
+from carcli.models.builder import load_model
 from carcli.models.registry import create_model
 from carcli.plots import plot_confusion
 

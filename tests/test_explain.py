@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from carcli.cli import app
 from carcli.data.layouts import Sample
 from carcli.data.taxonomy import Taxonomy
-from carcli.evaluate import sample_probs
-from carcli.explain import DISPLAY_SIZE, cam_box, cam_crop_probs, cam_maps, grad_cam, overlay, saliency_maps, wrap_text
+from carcli.explain import DISPLAY_SIZE, cam_maps, grad_cam, overlay, saliency_maps, wrap_text
+from carcli.inference import cam_box, cam_crop_probs, sample_probs
 from carcli.models.registry import create_model, list_archs
 
 BIG_ARCHS = ("resnext50", "wide_resnet50", "densenet121", "inception_v3")  # seconds each just to build

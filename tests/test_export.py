@@ -9,10 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from carcli.checkpoint import load_model
 from carcli.cli import app
 from carcli.errors import CarcliError
 from carcli.export import export_checkpoint
+from carcli.models.builder import load_model
 
 runner = CliRunner()
 

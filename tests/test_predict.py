@@ -15,11 +15,11 @@ import torch
 from conftest import write_untrained_checkpoint
 from typer.testing import CliRunner
 
-from carcli.checkpoint import load_model
 from carcli.cli import app
 from carcli.data.layouts import Sample
-from carcli.evaluate import sample_probs
-from carcli.predict import gather_images, modernity, newest_checkpoint
+from carcli.inference import modernity, sample_probs
+from carcli.models.builder import load_model
+from carcli.predict import gather_images, newest_checkpoint
 
 JSON_KEYS = ["image", "top_k", "make", "type", "year", "modernity"]
 runner = CliRunner()

@@ -8,17 +8,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from carcli.bench import count_parameters
-from carcli.checkpoint import load_checkpoint, load_model, save_checkpoint
+from carcli.checkpoint import load_checkpoint, save_checkpoint
 from carcli.cli import app
-from carcli.prune import (
-    apply_pruning,
-    fold_masks,
-    prune_checkpoint,
-    pruned_metadata,
-    sweep,
-    weight_sparsity,
-)
+from carcli.measure import count_parameters
+from carcli.models.builder import load_model
+from carcli.models.pruned import apply_pruning, fold_masks, pruned_metadata, weight_sparsity
+from carcli.prune import prune_checkpoint, sweep
 
 runner = CliRunner()
 

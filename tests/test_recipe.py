@@ -17,13 +17,13 @@ from safetensors.torch import load_file
 from torchvision.transforms import v2
 
 from carcli import train as train_module
-from carcli.checkpoint import load_model
 from carcli.data.images import open_rgb
 from carcli.data.sampling import EpochSampler, class_balanced_weights
 from carcli.data.transforms import PRESETS, batch_mixer, resolve_augment, train_transform
 from carcli.device import cpu_has_bf16
 from carcli.errors import CarcliError
 from carcli.losses import complement_entropy, inverse_frequency_weights, multitask_loss
+from carcli.models.builder import load_model
 from carcli.models.registry import create_model
 from carcli.optim import build_optimizer, build_scheduler
 from carcli.train import SilentReporter, TrainConfig, _targets, auto_precision, train

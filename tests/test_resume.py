@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import assert_same_weights
 
-from carcli.checkpoint import load_model
 from carcli.errors import CarcliError, Interrupted, UsageError
+from carcli.models.builder import load_model
 from carcli.runstate import read_progress
 from carcli.train import SilentReporter, TrainConfig, resume_config, train
 

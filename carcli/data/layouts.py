@@ -69,7 +69,9 @@ class DataSet:
         return next((name for name in ("val", "test") if name in present), "train")
 
 
-class _Annotation(NamedTuple):
+class Annotation(NamedTuple):
+    """One image of a devkit annotation file (`.mat` or test_labels.csv)."""
+
     fname: str
     label: int  # 1-based, as in the devkit
     bbox: tuple[int, int, int, int] | None
@@ -97,21 +99,21 @@ def _images(folder: Path) -> list[Path]:
 # ---------------------------------------------------------------- detection
 
 
-def _devkit_file(base: Path, name: str) -> Path | None:
+def devkit_file(base: Path, name: str) -> Path | None:
     """`name` in base/devkit/ or in base/ itself."""
     return next((p for p in (base / "devkit" / name, base / name) if p.is_file()), None)
 
 
 def _is_devkit(base: Path) -> bool:
     return (base / DEVKIT_TRAIN_DIR).is_dir() and all(
-        _devkit_file(base, name) for name in (DEVKIT_META, DEVKIT_TRAIN_ANNOS)
+        devkit_file(base, name) for name in (DEVKIT_META, DEVKIT_TRAIN_ANNOS)
     )
 
 
 def _devkit_problem(base: Path) -> str | None:
     """Why `base` looks like a Stanford Cars devkit but cannot be read; None if it does not look like one."""
     has_photos = (base / DEVKIT_TRAIN_DIR).is_dir()
-    missing = [f"devkit/{name}" for name in (DEVKIT_META, DEVKIT_TRAIN_ANNOS) if not _devkit_file(base, name)]
+    missing = [f"devkit/{name}" for name in (DEVKIT_META, DEVKIT_TRAIN_ANNOS) if not devkit_file(base, name)]
     if has_photos and missing:
         return f"{base} has {DEVKIT_TRAIN_DIR}/ but no {' or '.join(missing)}"
     if not has_photos and len(missing) < 2:
@@ -153,7 +155,7 @@ def _match(base: Path) -> tuple[str, Path] | None:
     return None
 
 
-def _locate(root: Path) -> tuple[str, Path]:
+def locate(root: Path) -> tuple[str, Path]:
     """The layout of `root` and where its data lives (a folder, or the manifest for csv)."""
     root = Path(root).expanduser()
     if not root.exists():
@@ -179,7 +181,7 @@ def _locate(root: Path) -> tuple[str, Path]:
 
 def detect_layout(root: Path) -> str:
     """The layout of `root`: "devkit", "folders" or "csv"; CarcliError when it is none of them."""
-    return _locate(root)[0]
+    return locate(root)[0]
 
 
 # ---------------------------------------------------------------- devkit
@@ -205,7 +207,7 @@ def _bbox(values: Iterable[Any]) -> tuple[int, int, int, int]:
     return x1, y1, x2, y2
 
 
-def _mat_annotations(path: Path) -> list[_Annotation] | None:
+def mat_annotations(path: Path) -> list[Annotation] | None:
     """The annotations of a devkit .mat file; None when they have no class field (unlabelled test set)."""
     mat = _load_mat(path)
     if "annotations" not in mat:
@@ -218,7 +220,7 @@ def _mat_annotations(path: Path) -> list[_Annotation] | None:
         raise CarcliError(f"{path}: annotations have no fname field")
     has_bbox = fields.issuperset(BBOX_FIELDS)
     return [
-        _Annotation(
+        Annotation(
             fname=str(record["fname"]).strip(),
             label=int(record["class"]),
             bbox=_bbox(record[name] for name in BBOX_FIELDS) if has_bbox else None,
@@ -227,7 +229,7 @@ def _mat_annotations(path: Path) -> list[_Annotation] | None:
     ]
 
 
-def _csv_annotations(path: Path) -> list[_Annotation]:
+def csv_annotations(path: Path) -> list[Annotation]:
     """Rows of a test_labels.csv: image_name, x_min, y_min, x_max, y_max, label (1-based)."""
     with path.open(newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.DictReader(handle))
@@ -238,7 +240,7 @@ def _csv_annotations(path: Path) -> list[_Annotation]:
     has_bbox = set(CSV_BBOX_COLUMNS).issubset(rows[0])
     try:
         return [
-            _Annotation(
+            Annotation(
                 fname=row["image_name"].strip(),
                 label=int(row["label"]),
                 bbox=_bbox(float(row[c]) for c in CSV_BBOX_COLUMNS) if has_bbox else None,
@@ -249,18 +251,18 @@ def _csv_annotations(path: Path) -> list[_Annotation]:
         raise CarcliError(f"{path}: bad value ({err})") from None
 
 
-def _test_annotations(base: Path) -> list[_Annotation]:
+def _test_annotations(base: Path) -> list[Annotation]:
     """Labelled test annotations from cars_test_annos_withlabels.mat, else test_labels.csv; [] if neither."""
-    mat = _devkit_file(base, DEVKIT_TEST_ANNOS)
-    annotations = _mat_annotations(mat) if mat else None
+    mat = devkit_file(base, DEVKIT_TEST_ANNOS)
+    annotations = mat_annotations(mat) if mat else None
     if annotations is not None:
         return annotations
-    table = _devkit_file(base, DEVKIT_TEST_CSV)
-    return _csv_annotations(table) if table else []
+    table = devkit_file(base, DEVKIT_TEST_CSV)
+    return csv_annotations(table) if table else []
 
 
 def _devkit_samples(
-    folder: Path, annotations: list[_Annotation], split: str, n_classes: int, source: Path
+    folder: Path, annotations: list[Annotation], split: str, n_classes: int, source: Path
 ) -> list[Sample]:
     """Samples for the annotations whose image file exists; labels become 0-based."""
     samples = []
@@ -274,11 +276,11 @@ def _devkit_samples(
 
 
 def _read_devkit(base: Path) -> tuple[list[str], list[Sample]]:
-    meta, train_annos = _devkit_file(base, DEVKIT_META), _devkit_file(base, DEVKIT_TRAIN_ANNOS)
+    meta, train_annos = devkit_file(base, DEVKIT_META), devkit_file(base, DEVKIT_TRAIN_ANNOS)
     if meta is None or train_annos is None:
         raise CarcliError(f"{base}: {DEVKIT_META} or {DEVKIT_TRAIN_ANNOS} is missing")
     names = read_class_names(meta)
-    train = _mat_annotations(train_annos)
+    train = mat_annotations(train_annos)
     if train is None:
         raise CarcliError(f"{train_annos}: annotations have no class field")
     samples = _devkit_samples(base / DEVKIT_TRAIN_DIR, train, "train", len(names), train_annos)
@@ -400,7 +402,7 @@ def _check_val_fraction(val_fraction: float) -> None:
 def load_dataset(root: Path, val_fraction: float = 0.2, seed: int = 0) -> DataSet:
     """Detect and read `root`; without val or test images, hold out `val_fraction` of each class as val."""
     _check_val_fraction(val_fraction)
-    layout, base = _locate(root)
+    layout, base = locate(root)
     class_names, samples = READERS[layout](base)
     samples, notes = _once_each(base, class_names, samples)
     _check_classes(base, class_names, samples)

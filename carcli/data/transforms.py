@@ -6,19 +6,22 @@ instead cost 4-5 points of top-1 on the shared Stanford Cars photos, docs/benchm
 
 Training augmentation is built from an `Augment` recipe: a named preset whose parts (flip,
 random affine, colour jitter, grayscale, RandAugment / TrivialAugment, random erasing) can each
-be overridden. Mixup and CutMix act on whole batches: `batch_mixer` builds them.
+be overridden. Mixup and CutMix act on whole batches: `batch_mixer` builds them. `view_transform` is a
+checkpoint's own evaluation view (from its metadata), with the test-time augmentation views.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
 AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
+TTA_CROP = 0.875  # the five TTA crops each cover this share of the side of a slightly larger resize
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,20 @@ def _centre_square(img_size: int) -> list[v2.Transform]:
 def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     """Resize the shorter side to img_size, take the centre square, normalise."""
     return v2.Compose([*_centre_square(img_size), *_to_tensor(mean, std)])
+
+
+def view_transform(meta: dict[str, Any], tta: bool = False) -> Callable[[Any], Tensor]:
+    """The checkpoint's eval preprocessing; with `tta`, a (6, 3, S, S) stack of views (mirrors are added later).
+
+    The views are the whole image and the four corner and centre crops of a resize to S / 0.875.
+    """
+    size = int(meta["img_size"])
+    plain = eval_transform(size, meta["mean"], meta["std"])
+    if not tta:
+        return plain
+    larger = eval_transform(round(size / TTA_CROP), meta["mean"], meta["std"])
+    five = v2.FiveCrop(size)
+    return lambda img: torch.stack([plain(img), *five(larger(img))])
 
 
 def batch_mixer(augment: Augment, num_classes: int) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:

@@ -1,1 +1,2 @@
-"""Backbones (registry), heads and weight loading."""
+"""Models: backbones (registry), heads, weight loading, and models built from checkpoints (builder: plain,
+pruned, ensemble)."""

@@ -109,7 +109,8 @@ def init_from_checkpoint(
     too when it is the same kind and predicts the same classes of the same tasks (`tasks`: the names of
     each task's classes in order), else a fresh head of kind `head` sits on the checkpoint's features.
     """
-    from carcli.checkpoint import build_model, load_checkpoint
+    from carcli.checkpoint import load_checkpoint
+    from carcli.models.builder import build_model
     from carcli.models.heads import CarcliModel, create_head
 
     state, meta = load_checkpoint(path)
