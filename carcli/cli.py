@@ -18,7 +18,7 @@ from carcli import __version__, usage
 from carcli.cli_base import CarcliCommand, CarcliGroup
 from carcli.console import print_info, print_stopped, render_table
 from carcli.errors import UsageError
-from carcli.train_config import cli_options
+from carcli.train.config import cli_options
 
 app = typer.Typer(
     cls=CarcliGroup,
@@ -99,7 +99,7 @@ def fetch_data(
 
 
 def with_train_options(*exclude: str, own_first: bool = False) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Give a command every `carcli train` option (from carcli.train_config) in place of its `**options`;
+    """Give a command every `carcli train` option (from carcli.train.config) in place of its `**options`;
     its own options come after them in the help, or first with `own_first`."""
 
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
@@ -127,7 +127,7 @@ def train(
     **options: Any,
 ) -> None:
     """Train a classifier and write safetensors checkpoints (best.st, last.st) to a run folder."""
-    from carcli.train_config import from_cli, make_config
+    from carcli.train.config import from_cli, make_config
 
     options = from_cli(options)
     if resume and config:
@@ -140,7 +140,7 @@ def train(
 
     if resume:
         run_config = resume_config(resume, {k: v for k, v in options.items() if v is not None})
-    from carcli.tracking import tracking
+    from carcli.train.tracking import tracking
 
     with RichReporter() as reporter, tracking(run_config, reporter) as tracked:
         result = run_training(run_config, tracked, resume=resume is not None)
@@ -446,7 +446,7 @@ def tune(
 ) -> None:
     """Search training options with Optuna: each trial a real training run; resumable, on one machine or many."""
     from carcli.console import TuneProgress, render_tune_result
-    from carcli.train_config import from_cli
+    from carcli.train.config import from_cli
     from carcli.tune import TuneRequest
     from carcli.tune import tune as run_tune
 

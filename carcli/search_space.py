@@ -3,7 +3,7 @@
 A space file is TOML; each key is a `carcli train` option (dashes or underscores) and each value a
 table: a range `{low = 1e-4, high = 3e-3, log = true}` (optionally `step = ...`; integer options
 take integer bounds) or a list of values `{choices = ["standard", "strong"]}`. Every entry is checked
-against the option's declaration in carcli.train_config (its type, range and choices), so mistakes
+against the option's declaration in carcli.train.config (its type, range and choices), so mistakes
 are one-line errors before any training. This module imports neither torch nor optuna.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from carcli.errors import UsageError
-from carcli.train_config import TrainConfig, field_type, flag_name, option_of
+from carcli.train.config import TrainConfig, field_type, flag_name, option_of
 
 NOT_SEARCHED = {"data", "out", "weights", "pretrained", "device", "workers", "profile", "tensorboard", "seed"}
 RANGE_KEYS = {"low", "high", "log", "step"}

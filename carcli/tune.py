@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from carcli.data.taxonomy import FINE
 from carcli.errors import CarcliError, Interrupted, UsageError
 from carcli.search_space import Dimension, check_against_fixed, default_space, read_space, sample
-from carcli.train_config import TrainConfig, check_config, make_config
+from carcli.train.config import TrainConfig, check_config, make_config
 from carcli.tune_files import ERROR_ATTR, TrialRow, trial_row, write_outputs
 
 if TYPE_CHECKING:

@@ -22,8 +22,8 @@ from carcli.models.builder import load_model
 from carcli.models.weights import init_from_checkpoint
 from carcli.predict import predict
 from carcli.prune import prune_checkpoint
-from carcli.train import TrainConfig, resume_config, train
-from carcli.train_config import check_config
+from carcli.train import TrainConfig, distributed, recipe, resume_config, runtime, train
+from carcli.train.config import check_config
 
 TINY = {"arch": "ghostnet", "img_size": 32, "batch_size": 8, "workers": 0, "device": "cpu", "warmup_epochs": 0.0}
 
@@ -67,7 +67,7 @@ def test_init_keeps_the_head_when_the_classes_agree_and_only_the_backbone_otherw
 
 @pytest.mark.slow
 def test_train_init_starts_from_the_checkpoint_and_records_it(tiny_set, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_module, "has_compiler", lambda: False)  # and --compile auto without a compiler
+    monkeypatch.setattr(recipe, "has_compiler", lambda: False)  # and --compile auto without a compiler
     names = load_dataset(tiny_set).class_names
     path = write_untrained_checkpoint(tmp_path / "stage1.st", names, "mtl", 32, seed=5)
     lines: list[str] = []
@@ -224,23 +224,23 @@ def test_hierarchy_consistent_answers_are_consistent_and_the_fit_uses_the_coarse
 
 
 def test_compile_auto_decides_from_the_measured_step_time(monkeypatch):
-    from carcli.compiling import COMPILE_SECONDS, initial_choice
     from carcli.models.registry import create_model
+    from carcli.train.compiling import COMPILE_SECONDS, initial_choice
 
     compiled: list[torch.nn.Module] = []
-    monkeypatch.setattr(train_module, "_compiled", lambda net: compiled.append(net) or "compiled")
+    monkeypatch.setattr(runtime, "_compiled", lambda net: compiled.append(net) or "compiled")
     model = create_model("ghostnet", "linear", {"model": 4})  # depthwise: 1.25x expected
     config = TrainConfig(batch_size=32, compile="auto")
     lines: list[str] = []
     reporter = type("R", (), {"info": staticmethod(lines.append)})()
     # 32 images at 64 img/s = 0.5 s a step; 2000 steps left save 2000 * 0.5 * 0.2 = 200 s > the compile's 100 s
-    net = train_module._auto_compile(model, model, config, {"images_per_s": 64.0}, 2000, reporter, train_module.Dist())
+    net = runtime.auto_compile(model, model, config, {"images_per_s": 64.0}, 2000, reporter, distributed.Dist())
     assert net == "compiled" and compiled == [model] and config.compile == "auto"  # the config keeps "auto"
     assert "compiling" in lines[-1] and f"{COMPILE_SECONDS:.0f} s" in lines[-1]
     # 200 steps left: 20 s saved, not worth 100 s of compiling
-    net = train_module._auto_compile(model, model, config, {"images_per_s": 64.0}, 200, reporter, train_module.Dist())
+    net = runtime.auto_compile(model, model, config, {"images_per_s": 64.0}, 200, reporter, distributed.Dist())
     assert net is model and "staying eager" in lines[-1]
     # the same 200 steps at 10 s each (a slow CPU) pay for it
-    net = train_module._auto_compile(model, model, config, {"images_per_s": 3.2}, 200, reporter, train_module.Dist())
+    net = runtime.auto_compile(model, model, config, {"images_per_s": 3.2}, 200, reporter, distributed.Dist())
     assert net == "compiled"
     assert initial_choice("auto", "cpu", compiler=False) == "off" and initial_choice("auto", "cuda", False) == "on"

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from carcli.cli import app
 from carcli.errors import UsageError
-from carcli.train_config import make_config
+from carcli.train.config import make_config
 
 
 def test_toml_and_yaml_set_options_and_flags_win(tmp_path):

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from carcli.errors import UsageError
-from carcli.losses import multitask_loss
 from carcli.models.heads import create_head
+from carcli.train.losses import multitask_loss
 
 TASKS = {"model": 10, "make": 4, "type": 3, "year": 5}
 D = 16

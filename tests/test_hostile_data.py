@@ -12,7 +12,7 @@ from hostile import fails
 from carcli.data.layouts import load_dataset
 from carcli.errors import CarcliError, UsageError
 from carcli.limits import MAX_IMG_SIZE, check_img_size
-from carcli.train_config import TrainConfig, check_config
+from carcli.train.config import TrainConfig, check_config
 
 FAST = ("--arch", "ghostnet", "--img-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0")
 

@@ -236,16 +236,16 @@ def test_temporary_files_of_killed_writers_are_removed_by_the_next_write(tmp_pat
 
 
 def _nan_after(calls: int, monkeypatch) -> None:
-    import carcli.train as train_module
+    from carcli.train import steps
 
-    real, count = train_module.multitask_loss, [0]
+    real, count = steps.multitask_loss, [0]
 
     def loss(*args, **kwargs):
         count[0] += 1
         value, parts = real(*args, **kwargs)
         return (value * float("nan"), parts) if count[0] > calls else (value, parts)
 
-    monkeypatch.setattr(train_module, "multitask_loss", loss)
+    monkeypatch.setattr(steps, "multitask_loss", loss)
 
 
 FAST = ("--arch", "ghostnet", "--img-size", "32", "--batch-size", "16", "--workers", "0")

@@ -179,12 +179,13 @@ def test_train_lists_a_bomb_and_goes_on(tiny_set, zoo, tmp_path):
     from types import SimpleNamespace
 
     from carcli.data.layouts import load_dataset
-    from carcli.train import SilentReporter, _readable_splits
+    from carcli.train import SilentReporter
+    from carcli.train.feed import readable_splits
 
     data = tmp_path / "data"
     shutil.copytree(tiny_set, data)
     shutil.copy(zoo / "bomb.png", next((data / "train").iterdir()) / "bomb.png")
     dataset = load_dataset(data)
-    train, val = _readable_splits(dataset, tmp_path, SilentReporter(), SimpleNamespace(main=True))
+    train, val = readable_splits(dataset, tmp_path, SilentReporter(), SimpleNamespace(main=True))
     assert len(train) + len(val) == len(dataset.samples) - 1
     assert "bomb.png" in (tmp_path / "unreadable.txt").read_text()

@@ -22,11 +22,12 @@ from carcli.data.sampling import EpochSampler, class_balanced_weights
 from carcli.data.transforms import PRESETS, batch_mixer, resolve_augment, train_transform
 from carcli.device import cpu_has_bf16
 from carcli.errors import CarcliError
-from carcli.losses import complement_entropy, inverse_frequency_weights, multitask_loss
 from carcli.models.builder import load_model
 from carcli.models.registry import create_model
-from carcli.optim import build_optimizer, build_scheduler
-from carcli.train import SilentReporter, TrainConfig, _targets, auto_precision, train
+from carcli.train import SilentReporter, TrainConfig, distributed, recipe, runtime, steps, train
+from carcli.train.losses import complement_entropy, inverse_frequency_weights, multitask_loss, task_targets
+from carcli.train.optim import build_optimizer, build_scheduler
+from carcli.train.runtime import auto_precision
 
 TINY = {"arch": "ghostnet", "img_size": 32, "batch_size": 8, "workers": 0, "device": "cpu", "warmup_epochs": 0.0}
 
@@ -119,7 +120,7 @@ def test_mixed_labels_carry_over_to_every_task():
     assert mixed.shape == images.shape and not torch.equal(mixed, images)
     assert soft.shape == (6, 4) and torch.allclose(soft.sum(1), torch.ones(6))
     fine_to = {"model": torch.arange(4), "make": torch.tensor([0, 0, 1, 1])}
-    targets = _targets(soft, fine_to, {"model": None, "make": None})
+    targets = task_targets(soft, fine_to, {"model": None, "make": None})
     assert torch.allclose(targets["make"][:, 0], soft[:, 0] + soft[:, 1])
     assert batch_mixer(PRESETS["standard"], 4) is None
 
@@ -245,7 +246,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_set,
         total, per_task = multitask_loss(*args, **kwargs)
         return total * float("nan"), per_task
 
-    monkeypatch.setattr(train_module, "multitask_loss", broken)
+    monkeypatch.setattr(steps, "multitask_loss", broken)
     with pytest.raises(CarcliError, match="not finite"):
         train(train_module.resume_config(run, {"epochs": 2}), resume=True)
     _, meta = load_model(run / "last.st")
@@ -305,7 +306,7 @@ def _convnet(depthwise: bool) -> torch.nn.Module:
     ],
 )
 def test_auto_precision_picks_bf16_only_where_it_pays(monkeypatch, device, native_bf16, depthwise, expected):
-    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: native_bf16)
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: native_bf16)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     assert auto_precision(torch.device(device), _convnet(depthwise)) == expected
 
@@ -317,7 +318,7 @@ def test_auto_precision_falls_back_to_fp16_on_gpus_without_bf16(monkeypatch):
 
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_auto_precision_trains_a_dense_net_in_bf16_on_cpus_that_have_it(tiny_set, tmp_path, monkeypatch, native_bf16):
-    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: native_bf16)
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: native_bf16)
     model = create_model("timm:resnet10t", "linear", _tasks())
     dtypes = _output_dtypes(model)
     run = tmp_path / "run"
@@ -330,13 +331,13 @@ def test_auto_precision_trains_a_dense_net_in_bf16_on_cpus_that_have_it(tiny_set
 
 @pytest.mark.parametrize(("device", "resolved"), [("cpu", "auto"), ("cuda", "on")])
 def test_compile_auto_is_on_with_cuda_and_decided_later_on_cpus(tiny_set, device, resolved, monkeypatch):
-    monkeypatch.setattr(train_module, "has_compiler", lambda: True)
+    monkeypatch.setattr(recipe, "has_compiler", lambda: True)
     config = TrainConfig(data=str(tiny_set), img_size=32, batch_size=8, epochs=1)
-    train_module._resolve_defaults(config, SimpleNamespace(root=tiny_set), torch.device(device), train_module.Dist())
+    recipe.resolve_defaults(config, SimpleNamespace(root=tiny_set), torch.device(device), distributed.Dist())
     assert config.compile == resolved
     for given, kept in (("off", "off"), ("on", "on"), (False, "off"), (True, "on")):  # bools: older config files
         fixed = TrainConfig(data=str(tiny_set), img_size=32, batch_size=8, epochs=1, compile=given)
-        train_module._resolve_defaults(fixed, SimpleNamespace(root=tiny_set), torch.device(device), train_module.Dist())
+        recipe.resolve_defaults(fixed, SimpleNamespace(root=tiny_set), torch.device(device), distributed.Dist())
         assert fixed.compile == kept  # --compile on/off (--no-compile) is kept as given
 
 

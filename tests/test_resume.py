@@ -15,8 +15,8 @@ from conftest import assert_same_weights
 
 from carcli.errors import CarcliError, Interrupted, UsageError
 from carcli.models.builder import load_model
-from carcli.runstate import read_progress
 from carcli.train import SilentReporter, TrainConfig, resume_config, train
+from carcli.train.run_state import read_progress
 
 # a constant learning rate after no warmup: the schedule does not depend on the total number of epochs
 TINY = {"arch": "ghostnet", "img_size": 32, "batch_size": 8, "workers": 0, "device": "cpu", "warmup_epochs": 0.0}

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from carcli.errors import CarcliError, UsageError
-from carcli.tracking import check_logger, tracking, wandb_mode
 from carcli.train import SilentReporter, TrainConfig, train
+from carcli.train.config import check_logger
+from carcli.train.tracking import tracking, wandb_mode
 
 
 def _train(tiny_set: Path, out: Path, log: str, log_uri: str | None = None):

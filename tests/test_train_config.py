@@ -1,4 +1,4 @@
-"""Training options declared once (carcli.train_config): the names the torch modules act on, checks before torch."""
+"""Training options declared once (carcli.train.config): the names the torch modules act on, checks before torch."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ from typer.testing import CliRunner
 
 from carcli.cli import app
 from carcli.errors import UsageError
-from carcli.train_config import TrainConfig, check_config, flag_name, make_config
+from carcli.train.config import TrainConfig, check_config, flag_name, make_config
 
 
 def test_choices_match_the_modules_that_act_on_them():
-    from carcli import device, losses, optim, train_config
+    from carcli import device
     from carcli.data import transforms
     from carcli.models import heads
+    from carcli.train import config as train_config
+    from carcli.train import losses, optim
 
     assert tuple(heads.HEADS) == train_config.HEADS
     assert (train_config.OPTIMIZERS, train_config.SCHEDULES) == (optim.OPTIMIZERS, optim.SCHEDULES)
@@ -29,8 +31,8 @@ def test_choices_match_the_modules_that_act_on_them():
 def test_an_unknown_optimizer_never_becomes_adamw():
     import torch
 
-    from carcli.optim import build_optimizer
-    from carcli.train_config import OPTIMIZERS
+    from carcli.train.config import OPTIMIZERS
+    from carcli.train.optim import build_optimizer
 
     model = torch.nn.Module()
     model.backbone, model.head = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)

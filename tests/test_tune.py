@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from carcli.cli import app
 from carcli.errors import CarcliError, UsageError
-from carcli.train_config import from_cli
+from carcli.train.config import from_cli
 from carcli.tune import TuneRequest, tune
 
 pytest.importorskip("optuna")

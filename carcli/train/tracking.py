@@ -15,7 +15,6 @@ before the first epoch ends, so a refused configuration leaves no empty tracked 
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import netrc
 import os
@@ -24,28 +23,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from carcli.errors import CarcliError, UsageError
+from carcli.train.config import TrainConfig, check_logger
+from carcli.train.reporting import Reporter
+from carcli.train.run_files import flat_record
 
-if TYPE_CHECKING:
-    from carcli.train import Reporter, TrainConfig
-
-LOGGERS = ("none", "mlflow", "wandb")
 EXPERIMENT = "carcli"  # the MLflow experiment and the W&B project
 ARTIFACTS = ("curves.png", "best.st")
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
-
-
-def check_logger(log: str, log_uri: str | None) -> None:
-    """A known --log whose package is installed; --log-uri only with a logger."""
-    if log not in LOGGERS:
-        raise UsageError(f"--log must be one of {', '.join(LOGGERS)}")
-    if log_uri and log == "none":
-        raise UsageError("--log-uri needs --log mlflow or --log wandb")
-    if log != "none" and importlib.util.find_spec(log) is None:
-        raise CarcliError(f'--log {log} needs the {log} package: pip install "carcli[{log}]"')
 
 
 def run_params(config: TrainConfig) -> dict[str, str]:
@@ -174,8 +161,6 @@ class TrackingReporter:
         if not self.started:  # the configuration is resolved (defaults filled, run folder made) by now
             self.inner.info(f"tracking: {self.tracker.start(self.config)}")
             self.started = True
-        from carcli.train import flat_record
-
         metrics = {name: float(v) for name, v in flat_record(record).items() if name != "epoch" and v is not None}
         self.tracker.log_epoch(int(record["epoch"]), metrics)
         self.inner.epoch_end(record)

@@ -15,6 +15,7 @@ module imports no torch: flag values are checked before the slow imports.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import types
 import typing
@@ -24,23 +25,23 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from carcli.config import apply_options, read_config_file
-from carcli.errors import UsageError
+from carcli.errors import CarcliError, UsageError
 from carcli.limits import MIN_IMG_SIZE, check_img_size
-from carcli.tracking import LOGGERS, check_logger
 
 DEFAULT_EPOCHS = 30
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
 # the names below are checked against the modules that act on them (tests/test_train_config.py)
 HEADS = ("linear", "mtl", "mtl-aux")  # carcli.models.heads.HEADS
-OPTIMIZERS = ("adamw", "sgd")  # carcli.optim
-SCHEDULES = ("cosine", "multistep", "exponential", "onecycle")  # carcli.optim
-LOSSES = ("ce", "cot")  # carcli.losses
+OPTIMIZERS = ("adamw", "sgd")  # carcli.train.optim
+SCHEDULES = ("cosine", "multistep", "exponential", "onecycle")  # carcli.train.optim
+LOSSES = ("ce", "cot")  # carcli.train.losses
 PRESETS = ("none", "light", "standard", "strong")  # carcli.data.transforms.PRESETS
 AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")  # carcli.data.transforms
 DEVICES = ("auto", "cpu", "cuda")  # carcli.device
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-COMPILE_CHOICES = ("auto", "on", "off")  # carcli.compiling; older runs: True/False = on/off, None = auto
+COMPILE_CHOICES = ("auto", "on", "off")  # carcli.train.compiling; older runs: True/False = on/off, None = auto
+LOGGERS = ("none", "mlflow", "wandb")  # carcli.train.tracking
 BALANCES = ("none", "sampler", "weights")
 AUGMENT_PARTS = (  # the fields of carcli.data.transforms.Augment
     "crop_scale", "hflip", "affine_degrees", "affine_translate", "affine_scale", "affine_shear",
@@ -223,7 +224,7 @@ class TrainConfig:
     )
     # NHWC: 1.3-1.7x faster training of depthwise-conv nets on CPU (docs/benchmarks.md)
     channels_last: bool = option(True, "channels_last (NHWC) memory format (default on).", RUN)
-    # auto: on with CUDA; on CPUs when the run is long enough to repay the compile (carcli.compiling)
+    # auto: on with CUDA; on CPUs when the run is long enough to repay the compile (carcli.train.compiling)
     compile: str | bool | None = option(
         "auto", "torch.compile: auto (CUDA; CPUs when it pays), on, off (default auto); --no-compile = off.", RUN,
         choices=COMPILE_CHOICES, negated="off",
@@ -303,6 +304,16 @@ def check_config(config: TrainConfig) -> None:
     from carcli.models.registry import check_arch_name  # torch-free: the names, not the models
 
     check_arch_name(config.arch)
+
+
+def check_logger(log: str, log_uri: str | None) -> None:
+    """A known --log whose package is installed; --log-uri only with a logger."""
+    if log not in LOGGERS:
+        raise UsageError(f"--log must be one of {', '.join(LOGGERS)}")
+    if log_uri and log == "none":
+        raise UsageError("--log-uri needs --log mlflow or --log wandb")
+    if log != "none" and importlib.util.find_spec(log) is None:
+        raise CarcliError(f'--log {log} needs the {log} package: pip install "carcli[{log}]"')
 
 
 def make_config(options: dict[str, Any], config_file: Path | None = None) -> TrainConfig:

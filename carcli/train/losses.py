@@ -1,6 +1,7 @@
 """Training losses: per-task cross-entropy (label smoothing, class weights, soft targets), complement entropy.
 
-Targets per task are class indices, or class probabilities when Mixup/CutMix mixed the batch.
+Targets per task are class indices, or class probabilities when Mixup/CutMix mixed the batch; both come
+from the fine labels through the taxonomy's lookups (`fine_to_tensors`, `task_targets`).
 `complement_entropy` is the COT term (Chen et al., "Complement Objective Training", ICLR 2019):
 it flattens the predicted distribution over the wrong classes, which helps fine-grained
 classes that differ in small details; `--loss cot` adds it to each task's cross-entropy.
@@ -13,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from carcli.data.taxonomy import FINE, Taxonomy
 
 LOSSES = ("ce", "cot")
 
@@ -61,3 +64,22 @@ def inverse_frequency_weights(labels: Tensor, classes: int) -> Tensor:
     counts = torch.bincount(labels, minlength=classes).float()
     weights = torch.where(counts > 0, 1.0 / counts.clamp_min(1), torch.zeros_like(counts))
     return weights * (counts > 0).sum() / weights.sum()
+
+
+def fine_to_tensors(taxonomy: Taxonomy, device: torch.device) -> dict[str, Tensor]:
+    """For each task, a lookup from fine label to that task's label (identity for the fine task)."""
+    maps = {FINE: torch.arange(len(taxonomy.tasks[FINE]))}
+    maps.update({task: torch.tensor(index) for task, index in taxonomy.fine_to.items()})
+    return {task: m.to(device) for task, m in maps.items()}
+
+
+def task_targets(labels: Tensor, fine_to: dict[str, Tensor], tasks: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Each task's targets from fine labels: indices, or class probabilities for mixed (soft) fine labels."""
+    if labels.ndim == 1:
+        return {task: fine_to[task][labels] for task in tasks}
+    return {task: labels @ F.one_hot(fine_to[task]).to(labels.dtype) for task in tasks}
+
+
+def task_class_weights(labels: Tensor, fine_to: dict[str, Tensor], tasks: dict[str, int]) -> dict[str, Tensor]:
+    """`--balance weights`: inverse-frequency loss weights for every task, from the training labels."""
+    return {task: inverse_frequency_weights(fine_to[task][labels], tasks[task]) for task in tasks}

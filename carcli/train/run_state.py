@@ -5,6 +5,8 @@ the raw model weights, the EMA weights, the optimizer's tensors and the RNG stat
 progress (epochs and steps done, best metric, patience count), the optimizer's settings, the AMP
 grad scaler and the Python/NumPy RNG positions (JSON in the metadata). The learning-rate schedule
 is a pure function of the step count, so it is rebuilt from the step count instead of stored.
+`save_state` and `restore_state` move that state out of and back into a run's model, optimizer,
+schedule, EMA and grad scaler.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 
 from carcli.checkpoint import write_safetensors
 from carcli.errors import CarcliError
+from carcli.train.optim import fast_forward
 
 STATE_FILE = "state.st"
 STATE_KEY = "carcli_state"
@@ -77,6 +81,56 @@ def load_run_state(run_dir: Path) -> RunState:
         ema=_prefixed(tensors, "ema.") if meta["has_ema"] else None,
         scaler=meta["scaler"],
     )
+
+
+def save_state(
+    run_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: AveragedModel | None,
+    scaler: torch.amp.GradScaler | None,
+    progress: Progress,
+) -> None:
+    """Write the run's resumable state as it stands now."""
+    save_run_state(
+        run_dir,
+        RunState(
+            progress=progress,
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            ema=ema.state_dict() if ema is not None else None,
+            scaler=scaler.state_dict() if scaler is not None else None,
+        ),
+    )
+
+
+def restore_state(
+    state: RunState,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ema: AveragedModel | None,
+    scaler: torch.amp.GradScaler | None,
+) -> Progress:
+    """Load a saved state into the run's objects; the progress it had made."""
+    model.load_state_dict(state.model)
+    optimizer.load_state_dict(state.optimizer)
+    _match_param_layout(optimizer)
+    fast_forward(scheduler, state.progress.global_step)  # after the optimizer: its lr is the (maybe longer) schedule's
+    if ema is not None and state.ema is not None:
+        ema.load_state_dict(state.ema)
+    if scaler is not None and state.scaler:
+        scaler.load_state_dict(state.scaler)
+    return state.progress
+
+
+def _match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give restored optimizer tensors their parameter's memory layout (channels_last weights keep NCHW state
+    when loaded); fused AdamW pairs elements by position, so a layout mismatch would corrupt the update."""
+    for param, values in optimizer.state.items():
+        for name, value in values.items():
+            if isinstance(value, Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                values[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def read_progress(run_dir: Path) -> Progress:

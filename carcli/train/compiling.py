@@ -1,4 +1,4 @@
-"""When training runs through torch.compile: `--compile auto|on|off` (carcli.train applies the choice).
+"""When training runs through torch.compile: `--compile auto|on|off` (carcli.train.runtime applies the choice).
 
 `auto` compiles on CUDA at once. On CPUs it first trains one epoch eagerly, then compiles only when
 the rest of the run is long enough to repay the compile time with the faster steps:

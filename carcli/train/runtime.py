@@ -1,0 +1,156 @@
+"""Where and how a run computes: the device's threads and seeds, the precision (autocast dtype and grad
+scaler), the channels_last memory format, the EMA of the weights, and the model as it is trained (wrapped
+for DistributedDataParallel and torch.compile; checkpoints always come from the plain model).
+
+`--compile auto` on a CPU is decided after the first epoch (`auto_compile`, by carcli.train.compiling's
+cost model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
+
+from carcli.device import cpu_has_bf16
+from carcli.errors import UsageError
+from carcli.models.heads import CarcliModel
+from carcli.train.compiling import decide, wants_compile
+from carcli.train.config import TrainConfig
+from carcli.train.distributed import Dist, broadcast
+from carcli.train.reporting import Reporter
+
+
+@dataclass
+class Runtime:
+    """The device a run computes on and its number format."""
+
+    device: torch.device
+    precision: str  # fp32, bf16 or fp16 (--precision auto resolved)
+    autocast_dtype: torch.dtype | None  # None: full precision
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    channels_last: bool
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast region of a forward pass (off in full precision)."""
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    def layout(self, images: Tensor) -> Tensor:
+        """`images` in the run's memory format."""
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+
+def make_runtime(config: TrainConfig, device: torch.device, model: nn.Module) -> Runtime:
+    """The run's precision (`auto` resolved for `model` on `device`) and memory format."""
+    precision = auto_precision(device, model) if config.precision == "auto" else config.precision
+    autocast_dtype, scaler = _mixed_precision(precision, device)
+    return Runtime(device, precision, autocast_dtype, scaler, config.channels_last)
+
+
+def _mixed_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+    """The autocast dtype (None: full precision) and grad scaler (fp16 only) for fp32, bf16 or fp16 on `device`."""
+    if precision == "fp32":
+        return None, None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise UsageError("--precision fp16 needs a GPU; on a CPU use bf16 or fp32")
+        return torch.float16, torch.amp.GradScaler("cuda")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UsageError("this GPU has no bf16 support; use --precision fp16 or fp32")
+    return torch.bfloat16, None
+
+
+def auto_precision(device: torch.device, model: nn.Module) -> str:
+    """What `--precision auto` trains `model` in on `device`.
+
+    GPUs: bf16 where supported, else fp16. CPUs: bf16 when the CPU has native bf16 instructions and
+    the model has no depthwise convolutions; there bf16 roughly doubles the step of dense nets
+    (resnet34, resnext50) but slows depthwise ones (GhostNet, EfficientNet-Lite0), so those keep
+    fp32, as does every model on CPUs without bf16 instructions (docs/benchmarks.md).
+    """
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() and not has_depthwise_conv(model) else "fp32"
+
+
+def has_depthwise_conv(model: nn.Module) -> bool:
+    """Whether any convolution of `model` is depthwise (one filter group per input channel)."""
+    return any(isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels for m in model.modules())
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's random numbers."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def share_cores(device: torch.device, workers: int, ddp: Dist) -> None:
+    """On CPU, leave one core per loader worker: oversubscribed OpenMP threads slow training many times over."""
+    if device.type == "cpu" and (workers or ddp.world > 1):
+        cores = max(1, (os.cpu_count() or 1) // ddp.world)
+        torch.set_num_threads(max(1, cores - workers))
+
+
+def make_ema(model: nn.Module, config: TrainConfig) -> AveragedModel | None:
+    """The exponential moving average of `model`'s weights (`--ema`), None without it."""
+    if not config.ema:
+        return None
+
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor | int) -> None:
+        # decay warms up as in timm's ModelEmaV3: (1 + n) / (10 + n), capped at ema_decay
+        n = int(num_averaged)
+        decay = min(config.ema_decay, (1 + n) / (10 + n))
+        for avg, cur in zip(averaged, current, strict=True):
+            if avg.is_floating_point():
+                avg.lerp_(cur.to(avg.dtype), 1 - decay)
+            else:  # counters such as num_batches_tracked
+                avg.copy_(cur)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
+def set_trainable(model: CarcliModel, frozen: bool) -> None:
+    """Freeze (no gradients, batch-norm statistics fixed) or unfreeze the backbone."""
+    for p in model.backbone.parameters():
+        p.requires_grad_(not frozen)
+    model.train()
+    if frozen:
+        model.backbone.eval()
+
+
+def wrap_for_training(model: CarcliModel, config: TrainConfig, ddp: Dist, device: torch.device) -> nn.Module:
+    """DDP when distributed, torch.compile when asked; checkpoints always come from the plain `model`."""
+    net: nn.Module = model
+    if ddp.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        staged = config.freeze_backbone or config.unfreeze_after > 0
+        ids = [device.index] if device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=staged)
+    return _compiled(net) if wants_compile(config.compile) else net
+
+
+def _compiled(net: nn.Module) -> nn.Module:
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True  # a part that fails to compile runs eagerly, the run goes on
+    return torch.compile(net)  # type: ignore[return-value]
+
+
+def auto_compile(
+    net: nn.Module, model: CarcliModel, config: TrainConfig, train_stats: dict, steps_left: int, reporter: Reporter,
+    ddp: Dist,
+) -> nn.Module:  # fmt: skip
+    """`--compile auto` on a CPU, after the first epoch: compile `net` for the rest of the run if it pays
+    (carcli.train.compiling.decide, from the measured step time); every process follows rank 0's decision."""
+    step_seconds = (config.batch_size or 1) / max(1e-9, train_stats["images_per_s"])
+    decision = broadcast(decide(step_seconds, steps_left, has_depthwise_conv(model)), ddp)
+    reporter.info(decision.why)
+    return _compiled(net) if decision.compile else net
