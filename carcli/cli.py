@@ -317,6 +317,10 @@ def bench(
 ) -> None:
     """Parameters, FLOPs, file size, latency (batch 1) and throughput (batch 32) of a model."""
     usage.check_bench(checkpoint, arch, img_size, device, threads, allow_large_images)
+    from carcli.models.registry import check_arch_name
+
+    if arch is not None:
+        check_arch_name(arch)
     from carcli.bench import bench as run_bench
     from carcli.console import print_warning
 

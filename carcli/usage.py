@@ -99,7 +99,7 @@ def check_bench(
     threads: int | None = None,
     allow_large_images: bool = False,
 ) -> None:
-    """`carcli bench`'s values; a registered arch name is checked here, timm:NAME / tv:NAME when it is built."""
+    """`carcli bench`'s values (the --arch name is the model registry's to check)."""
     if (checkpoint is None) == (arch is None):
         raise UsageError("give either a CHECKPOINT or --arch NAME")
     check_img_size(img_size, allow_large_images)
@@ -107,10 +107,6 @@ def check_bench(
     one_of(device, DEVICES, "--device")
     if checkpoint is not None:
         require_checkpoint(checkpoint)
-    elif arch is not None and ":" not in arch:
-        from carcli.models.registry import get_arch
-
-        get_arch(arch)
 
 
 def check_export(checkpoint: Path, fmt: str) -> None:
