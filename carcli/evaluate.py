@@ -28,10 +28,10 @@ from carcli.calibration import (
     tempered,
 )
 from carcli.checkpoint import at_size, rewrite_metadata, trained_on
-from carcli.data.devkit import plan_submission
 from carcli.data.images import find_unreadable
 from carcli.data.layouts import Sample
 from carcli.data.splits import align_labels, sample_targets, split_samples
+from carcli.data.submission import plan_submission
 from carcli.data.taxonomy import FINE, Taxonomy
 from carcli.deploy import OnnxModel, is_onnx
 from carcli.errors import CarcliError, UsageError

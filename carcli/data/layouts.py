@@ -1,8 +1,8 @@
 """Finding and reading a data set root (Stanford Cars devkit, class folders or CSV manifest) -> Samples.
 
 This module owns layout detection, the three readers, and the seeded stratified validation split
-made when a data set brings no val or test images of its own. It reads annotations and lists
-files; it never decodes an image.
+made when a data set brings no val or test images of its own. It reads annotations (the devkit's
+files through `carcli.data.devkit`) and lists files; it never decodes an image.
 """
 
 from __future__ import annotations
@@ -11,14 +11,21 @@ import csv
 import os
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
 
-import numpy as np
-import scipy.io
-
+from carcli.data.devkit import (
+    DEVKIT_META,
+    DEVKIT_TEST_DIR,
+    DEVKIT_TRAIN_ANNOS,
+    DEVKIT_TRAIN_DIR,
+    Annotation,
+    devkit_file,
+    labelled_test_annotations,
+    mat_annotations,
+    read_class_names,
+)
 from carcli.errors import CarcliError, UsageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -30,14 +37,6 @@ IGNORED_NAMES = ("__MACOSX",)
 MAX_NESTING = 2  # single-folder levels looked through, as in Kaggle's car_data/car_data/train
 
 TORCHVISION_DIR = "stanford_cars"
-DEVKIT_TRAIN_DIR = "cars_train"
-DEVKIT_TEST_DIR = "cars_test"
-DEVKIT_META = "cars_meta.mat"
-DEVKIT_TRAIN_ANNOS = "cars_train_annos.mat"
-DEVKIT_TEST_ANNOS = "cars_test_annos_withlabels.mat"
-DEVKIT_TEST_CSV = "test_labels.csv"
-BBOX_FIELDS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
-CSV_BBOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
 
 
 @dataclass(frozen=True)
@@ -69,14 +68,6 @@ class DataSet:
         return next((name for name in ("val", "test") if name in present), "train")
 
 
-class Annotation(NamedTuple):
-    """One image of a devkit annotation file (`.mat` or test_labels.csv)."""
-
-    fname: str
-    label: int  # 1-based, as in the devkit
-    bbox: tuple[int, int, int, int] | None
-
-
 # ---------------------------------------------------------------- files and folders
 
 
@@ -97,11 +88,6 @@ def _images(folder: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------- detection
-
-
-def devkit_file(base: Path, name: str) -> Path | None:
-    """`name` in base/devkit/ or in base/ itself."""
-    return next((p for p in (base / "devkit" / name, base / name) if p.is_file()), None)
 
 
 def _is_devkit(base: Path) -> bool:
@@ -187,80 +173,6 @@ def detect_layout(root: Path) -> str:
 # ---------------------------------------------------------------- devkit
 
 
-def _load_mat(path: Path) -> dict[str, Any]:
-    try:
-        return scipy.io.loadmat(str(path), squeeze_me=True)
-    except (OSError, ValueError, TypeError, NotImplementedError) as err:
-        raise CarcliError(f"cannot read {path}: {err}") from None
-
-
-def read_class_names(path: Path) -> list[str]:
-    """The class names of a devkit cars_meta.mat, in class order (class i + 1 is name i)."""
-    mat = _load_mat(path)
-    if "class_names" not in mat:
-        raise CarcliError(f"{path} has no class_names")
-    return [str(name).strip() for name in np.atleast_1d(mat["class_names"])]
-
-
-def _bbox(values: Iterable[Any]) -> tuple[int, int, int, int]:
-    x1, y1, x2, y2 = (int(v) for v in values)
-    return x1, y1, x2, y2
-
-
-def mat_annotations(path: Path) -> list[Annotation] | None:
-    """The annotations of a devkit .mat file; None when they have no class field (unlabelled test set)."""
-    mat = _load_mat(path)
-    if "annotations" not in mat:
-        raise CarcliError(f"{path} has no annotations")
-    records = np.atleast_1d(mat["annotations"])
-    fields = set(records.dtype.names or ())
-    if "class" not in fields:
-        return None
-    if "fname" not in fields:
-        raise CarcliError(f"{path}: annotations have no fname field")
-    has_bbox = fields.issuperset(BBOX_FIELDS)
-    return [
-        Annotation(
-            fname=str(record["fname"]).strip(),
-            label=int(record["class"]),
-            bbox=_bbox(record[name] for name in BBOX_FIELDS) if has_bbox else None,
-        )
-        for record in records
-    ]
-
-
-def csv_annotations(path: Path) -> list[Annotation]:
-    """Rows of a test_labels.csv: image_name, x_min, y_min, x_max, y_max, label (1-based)."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return []
-    if not {"image_name", "label"}.issubset(rows[0]):
-        raise CarcliError(f"{path} needs the columns image_name and label")
-    has_bbox = set(CSV_BBOX_COLUMNS).issubset(rows[0])
-    try:
-        return [
-            Annotation(
-                fname=row["image_name"].strip(),
-                label=int(row["label"]),
-                bbox=_bbox(float(row[c]) for c in CSV_BBOX_COLUMNS) if has_bbox else None,
-            )
-            for row in rows
-        ]
-    except (TypeError, ValueError) as err:
-        raise CarcliError(f"{path}: bad value ({err})") from None
-
-
-def _test_annotations(base: Path) -> list[Annotation]:
-    """Labelled test annotations from cars_test_annos_withlabels.mat, else test_labels.csv; [] if neither."""
-    mat = devkit_file(base, DEVKIT_TEST_ANNOS)
-    annotations = mat_annotations(mat) if mat else None
-    if annotations is not None:
-        return annotations
-    table = devkit_file(base, DEVKIT_TEST_CSV)
-    return csv_annotations(table) if table else []
-
-
 def _devkit_samples(
     folder: Path, annotations: list[Annotation], split: str, n_classes: int, source: Path
 ) -> list[Sample]:
@@ -285,7 +197,7 @@ def _read_devkit(base: Path) -> tuple[list[str], list[Sample]]:
         raise CarcliError(f"{train_annos}: annotations have no class field")
     samples = _devkit_samples(base / DEVKIT_TRAIN_DIR, train, "train", len(names), train_annos)
     if (base / DEVKIT_TEST_DIR).is_dir():
-        test = _test_annotations(base)
+        test = labelled_test_annotations(base)
         samples += _devkit_samples(base / DEVKIT_TEST_DIR, test, "test", len(names), base)
     return names, samples
 

@@ -28,8 +28,8 @@ Reading order, from the entry point down:
 - `prepare`: the --prepare-size copy;
 - `catalog`: `list_datasets` for `--list`;
 - `build`: a data set built in a staging folder, images checked, marker written, renamed into place;
-- `assemble`: Stanford Cars in the devkit layout from a devkit or class folders, `parquet` from parquet files;
-- `devkit`: writing the devkit .mat files;
+- `assemble`: Stanford Cars in the devkit layout from a devkit or class folders, `parquet` from parquet files
+  (the devkit .mat files written by `carcli.data.devkit`);
 - `sources`: what the sources hold (archives extracted, folders walked);
 - `mirrors`: the mirror table; `download`: resumable, retried, checked HTTP downloads;
 - `archives`: safe extraction; `progress`: the `Reporter` protocol.

@@ -9,21 +9,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from carcli.data.fetch.devkit import split_folder, write_provisional
-from carcli.data.fetch.parquet import assemble_parquet
-from carcli.data.fetch.progress import Reporter
-from carcli.data.fetch.sources import Survey, gather, visible
-from carcli.data.layouts import (
+from carcli.data.devkit import (
     DEVKIT_META,
     DEVKIT_TEST_ANNOS,
     DEVKIT_TEST_CSV,
     DEVKIT_TEST_DIR,
     DEVKIT_TRAIN_ANNOS,
     DEVKIT_TRAIN_DIR,
-    DataSet,
-    load_dataset,
     read_class_names,
+    split_folder,
+    write_provisional,
 )
+from carcli.data.fetch.parquet import assemble_parquet
+from carcli.data.fetch.progress import Reporter
+from carcli.data.fetch.sources import Survey, gather, visible
+from carcli.data.layouts import DataSet, load_dataset
 from carcli.errors import CarcliError
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from carcli import __version__
-from carcli.data.fetch.devkit import write_devkit
+from carcli.data.devkit import write_devkit
 from carcli.data.fetch.progress import Reporter
 from carcli.data.images import find_unreadable
 from carcli.data.layouts import TORCHVISION_DIR, DataSet, load_dataset

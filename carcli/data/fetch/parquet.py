@@ -7,10 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from carcli.data.fetch.devkit import split_folder, write_provisional
+from carcli.data.devkit import DEVKIT_META, read_class_names, split_folder, write_provisional
 from carcli.data.fetch.progress import Reporter
 from carcli.data.fetch.sources import Survey
-from carcli.data.layouts import DEVKIT_META, read_class_names
 from carcli.errors import CarcliError
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from carcli.data.devkit import write_devkit
 from carcli.data.fetch.build import FetchResult, build, read_marker, result_from_marker
-from carcli.data.fetch.devkit import write_devkit
 from carcli.data.fetch.progress import Reporter
 from carcli.data.images import open_rgb
 from carcli.data.layouts import TORCHVISION_DIR, Sample, load_dataset
