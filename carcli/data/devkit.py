@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.data.layouts import (
     DEVKIT_TEST_ANNOS,
     DEVKIT_TEST_CSV,
@@ -28,7 +28,6 @@ from carcli.data.layouts import (
     locate,
     mat_annotations,
 )
-from carcli.data.taxonomy import FINE
 from carcli.errors import CarcliError, UsageError
 from carcli.files import write_text
 
@@ -86,22 +85,22 @@ class SubmissionPlan:
     annotated: list[Path]
     truth: list[int]
 
-    def write(self, dataset: DataSet, paths: Sequence[Path], fine_pred: Sequence[int], meta: dict[str, Any]) -> float:
+    def write(self, dataset: DataSet, paths: Sequence[Path], fine_pred: Sequence[int], meta: CheckpointMeta) -> float:
         """Line M = the predicted 1-based devkit class of annotation M; returns the file's score."""
         by_path = dict(zip(paths, fine_pred, strict=True))
         devkit_class = {name: i + 1 for i, name in enumerate(dataset.class_names)}
-        names = meta["tasks"][FINE]
+        names = meta.fine_names
         write_text(self.path, "".join(f"{devkit_class[names[by_path[p]]]}\n" for p in self.annotated))
         return score_submission(self.path, self.truth)
 
 
 def plan_submission(
-    path: Path, dataset: DataSet, split: str, samples: Sequence[Sample], meta: dict[str, Any]
+    path: Path, dataset: DataSet, split: str, samples: Sequence[Sample], meta: CheckpointMeta
 ) -> SubmissionPlan:
     """Check, before any prediction, that `samples` cover every annotation of the split's devkit file
     and that every class the checkpoint can predict has a devkit class number."""
     source, annotated, truth = split_annotations(dataset, split)
-    foreign = set(meta["tasks"][FINE]) - set(dataset.class_names)
+    foreign = set(meta.fine_names) - set(dataset.class_names)
     if foreign:
         raise CarcliError(f"--submission: the checkpoint predicts {len(foreign)} classes the devkit does not number")
     have = {s.path for s in samples}

@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
+from carcli.checkpoint_meta import CheckpointMeta
+
 AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
 TTA_CROP = 0.875  # the five TTA crops each cover this share of the side of a slightly larger resize
 
@@ -112,16 +114,16 @@ def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float]) -
     return v2.Compose([*_centre_square(img_size), *_to_tensor(mean, std)])
 
 
-def view_transform(meta: dict[str, Any], tta: bool = False) -> Callable[[Any], Tensor]:
+def view_transform(meta: CheckpointMeta, tta: bool = False) -> Callable[[Any], Tensor]:
     """The checkpoint's eval preprocessing; with `tta`, a (6, 3, S, S) stack of views (mirrors are added later).
 
     The views are the whole image and the four corner and centre crops of a resize to S / 0.875.
     """
-    size = int(meta["img_size"])
-    plain = eval_transform(size, meta["mean"], meta["std"])
+    size = meta.img_size
+    plain = eval_transform(size, meta.mean, meta.std)
     if not tta:
         return plain
-    larger = eval_transform(round(size / TTA_CROP), meta["mean"], meta["std"])
+    larger = eval_transform(round(size / TTA_CROP), meta.mean, meta.std)
     five = v2.FiveCrop(size)
     return lambda img: torch.stack([plain(img), *five(larger(img))])
 
