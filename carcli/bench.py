@@ -85,7 +85,7 @@ def bench(
     torch_device = resolve_device(device)
     if checkpoint is not None:
         model, meta = load_model(checkpoint)
-        name, size, file_bytes = str(checkpoint), img_size or int(meta["img_size"]), checkpoint.stat().st_size
+        name, size, file_bytes = str(checkpoint), img_size or meta.img_size, checkpoint.stat().st_size
     else:
         assert arch is not None
         spec = get_arch(arch)

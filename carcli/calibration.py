@@ -1,7 +1,7 @@
 """Calibration of class scores: expected calibration error, reliability bins and temperature scaling (numpy, scipy).
 
 A checkpoint's temperatures live in its metadata as `calibration.temperatures` ({task: T}); every
-probability carcli computes divides that task's logits by T before the softmax (`temperatures_of`).
+probability carcli computes divides that task's logits by T before the softmax (`CheckpointMeta.temperatures`).
 Fitting works on log-probabilities, which differ from the logits only by a constant per row, so it
 also fits ensembles (whose outputs are log-probabilities) and probabilities that are already
 tempered: the new temperature then multiplies the old one. Nothing here imports torch.
@@ -17,11 +17,6 @@ import numpy as np
 BINS = 15
 T_BOUNDS = (0.05, 20.0)
 TINY = 1e-30  # probabilities are clamped here before the log (float32 softmax underflows to 0)
-
-
-def temperatures_of(meta: dict[str, Any]) -> dict[str, float]:
-    """The checkpoint's fitted temperature per task ({} when it was never calibrated)."""
-    return {task: float(t) for task, t in ((meta.get("calibration") or {}).get("temperatures") or {}).items()}
 
 
 def confidences(probs: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.data.images import open_rgb
 from carcli.data.layouts import Sample
 from carcli.errors import CarcliError
@@ -35,19 +36,19 @@ REQUIRED = ("outputs", "img_size", "mean", "std", "tasks", "taxonomy")
 TRAIN_KEYS = ("data", "val_fraction", "seed", "crop_to_bbox", "bbox_margin")
 
 
-def export_info(meta: dict[str, Any], outputs: Sequence[str], output_kind: str) -> dict[str, Any]:
+def export_info(meta: CheckpointMeta, outputs: Sequence[str], output_kind: str) -> dict[str, Any]:
     """The self-description of an exported model of checkpoint `meta` whose graph outputs are `outputs`."""
-    size = int(meta["img_size"])
-    train = meta.get("train") or {}
-    temperatures = (meta.get("calibration") or {}).get("temperatures") or {}
+    size = meta.img_size
+    train = meta.train or {}
+    temperatures = meta.temperatures
     return {
         "format": INFO_FORMAT,
         "input": INPUT_NAME,
         "outputs": list(outputs),
         "output_kind": output_kind,
         "img_size": size,
-        "mean": list(meta["mean"]),
-        "std": list(meta["std"]),
+        "mean": list(meta.mean),
+        "std": list(meta.std),
         "preprocess": {
             "input_layout": "NCHW float32, RGB",
             "resize": "shorter_side",
@@ -59,11 +60,11 @@ def export_info(meta: dict[str, Any], outputs: Sequence[str], output_kind: str) 
             "scale": "1/255",
             "normalise": "(x - mean) / std, per channel",
         },
-        "tasks": meta["tasks"],
-        "taxonomy": meta["taxonomy"],
+        "tasks": meta.tasks,
+        "taxonomy": meta.taxonomy.to_dict(),
         "calibration": {"temperatures": dict(temperatures), "applied_in_graph": bool(temperatures)},
         "train": {k: train[k] for k in TRAIN_KEYS if k in train},
-        "source": {"arch": meta.get("arch"), "head": meta.get("head"), "version": meta.get("version")},
+        "source": {"arch": meta.arch, "head": meta.head, "version": meta.version},
     }
 
 
@@ -105,10 +106,12 @@ def parse_info(raw: str | None, source: str) -> dict[str, Any]:
 
 @dataclass
 class OnnxModel:
-    """An exported `.onnx` file, its self-description (`meta`) and an ONNX Runtime session."""
+    """An exported `.onnx` file, its self-description (`info`, as `export_info` wrote it; `meta`, the checkpoint
+    metadata it carries) and an ONNX Runtime session."""
 
     path: Path
-    meta: dict[str, Any]
+    info: dict[str, Any]
+    meta: CheckpointMeta
     session: Any
 
     @classmethod
@@ -127,16 +130,21 @@ class OnnxModel:
         except Exception as exc:
             raise CarcliError(f"{path} is not a readable ONNX model (corrupt or truncated?)") from exc
         raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        meta = parse_info(raw, str(path))
+        info = parse_info(raw, str(path))
         names = [o.name for o in session.get_outputs()]
-        if names != meta["outputs"]:
-            raise CarcliError(f"{path}: its outputs {names} differ from its carcli metadata {meta['outputs']}")
-        return cls(path, meta, session)
+        if names != info["outputs"]:
+            raise CarcliError(f"{path}: its outputs {names} differ from its carcli metadata {info['outputs']}")
+        return cls(path, info, CheckpointMeta.from_export(info), session)
+
+    @property
+    def outputs(self) -> list[str]:
+        """The graph's output tasks, in output order."""
+        return self.meta.outputs or []
 
     def batch_probs(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Softmax probabilities per output task for a preprocessed (N, 3, S, S) batch."""
         logits = self.session.run(None, {INPUT_NAME: images})
-        return {task: softmax(z) for task, z in zip(self.meta["outputs"], logits, strict=True)}
+        return {task: softmax(z) for task, z in zip(self.outputs, logits, strict=True)}
 
     def sample_probs(
         self,
@@ -146,13 +154,13 @@ class OnnxModel:
         crop_margin: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Probabilities per task for `samples`, decoded and preprocessed in threads, batched through the session."""
-        size, mean, std = int(self.meta["img_size"]), self.meta["mean"], self.meta["std"]
+        size, mean, std = self.meta.img_size, self.meta.mean, self.meta.std
 
         def load(sample: Sample) -> np.ndarray:
             box = sample.bbox if crop_margin is not None else None
             return eval_view(open_rgb(sample.path, size, box, crop_margin or 0.0), size, mean, std)
 
-        chunks: dict[str, list[np.ndarray]] = {task: [] for task in self.meta["outputs"]}
+        chunks: dict[str, list[np.ndarray]] = {task: [] for task in self.outputs}
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
             for start in range(0, len(samples), batch_size):
                 batch = np.stack(list(pool.map(load, samples[start : start + batch_size])))
@@ -160,5 +168,5 @@ class OnnxModel:
                     chunks[task].append(p)
                 if progress:
                     progress(min(start + batch_size, len(samples)))
-        empty = {task: np.zeros((0, len(self.meta["tasks"][task])), np.float32) for task in chunks}
+        empty = {task: np.zeros((0, self.meta.class_counts[task]), np.float32) for task in chunks}
         return {task: np.concatenate(parts) if parts else empty[task] for task, parts in chunks.items()}

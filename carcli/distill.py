@@ -16,12 +16,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.data.taxonomy import FINE
 from carcli.errors import CarcliError
 
@@ -30,16 +30,16 @@ class Teachers(nn.Module):
     """Frozen teacher models and how to turn a student batch into each one's input."""
 
     def __init__(
-        self, models: Sequence[nn.Module], metas: Sequence[dict[str, Any]], student_mean: Sequence[float],
+        self, models: Sequence[nn.Module], metas: Sequence[CheckpointMeta], student_mean: Sequence[float],
         student_std: Sequence[float],
     ) -> None:  # fmt: skip
         super().__init__()
         self.models = nn.ModuleList(models).eval().requires_grad_(False)
-        self.sizes = [int(meta["img_size"]) for meta in metas]
+        self.sizes = [meta.img_size for meta in metas]
         self.register_buffer("student_mean", _column(student_mean), False)
         self.register_buffer("student_std", _column(student_std), False)
-        self.register_buffer("means", torch.stack([_column(meta["mean"]) for meta in metas]), False)
-        self.register_buffer("stds", torch.stack([_column(meta["std"]) for meta in metas]), False)
+        self.register_buffer("means", torch.stack([_column(meta.mean) for meta in metas]), False)
+        self.register_buffer("stds", torch.stack([_column(meta.std) for meta in metas]), False)
 
     def train(self, mode: bool = True) -> Teachers:
         return super().train(False)  # teachers always run in eval mode
@@ -82,10 +82,10 @@ def load_teachers(
     models, metas = [], []
     for path in paths:
         model, meta = load_model(Path(path), str(device))
-        if meta["tasks"][FINE] != tasks[FINE]:
+        if meta.fine_names != tasks[FINE]:
             raise CarcliError(
                 f"--teacher {path} predicts other classes than this data set's {len(tasks[FINE])} (its "
-                f"{len(meta['tasks'][FINE])} classes, or their order, differ); distil from a model of these classes"
+                f"{len(meta.fine_names)} classes, or their order, differ); distil from a model of these classes"
             )
         models.append(model)
         metas.append(meta)

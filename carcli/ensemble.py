@@ -11,15 +11,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from carcli.checkpoint import save_checkpoint, trained_on
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.data.layouts import Sample
-from carcli.data.taxonomy import FINE
 from carcli.device import resolve_device
 from carcli.errors import CarcliError, UsageError
 from carcli.files import check_output_file
@@ -127,16 +126,16 @@ def display_names(paths: Sequence[Path]) -> list[str]:
     return [f"{p.parent.name}/{p.name}" if repeated else p.name for p in paths]
 
 
-def _load_members(checkpoints: Sequence[Path]) -> tuple[list[nn.Module], list[dict[str, Any]]]:
+def _load_members(checkpoints: Sequence[Path]) -> tuple[list[nn.Module], list[CheckpointMeta]]:
     models, metas = [], []
     names = display_names(checkpoints)
     for name, path in zip(names, checkpoints, strict=True):
         model, meta = load_model(path)
-        first = metas[0]["tasks"][FINE] if metas else meta["tasks"][FINE]
-        if meta["tasks"][FINE] != first:
+        first = metas[0].fine_names if metas else meta.fine_names
+        if meta.fine_names != first:
             raise CarcliError(
                 f"{name} has a different class list from {names[0]} "
-                f"({len(meta['tasks'][FINE])} vs {len(first)} classes, or another order); "
+                f"({len(meta.fine_names)} vs {len(first)} classes, or another order); "
                 "ensemble only models trained on the same classes"
             )
         models.append(model)
@@ -144,7 +143,7 @@ def _load_members(checkpoints: Sequence[Path]) -> tuple[list[nn.Module], list[di
     return models, metas
 
 
-def _split_note(metas: Sequence[dict[str, Any]], data: Path, samples: Sequence[Sample]) -> list[str]:
+def _split_note(metas: Sequence[CheckpointMeta], data: Path, samples: Sequence[Sample]) -> list[str]:
     """A note when some member's own evaluation split differs from the one used (its training saw those images)."""
     expected = {s.path for s in samples}
     for meta in metas[1:]:
@@ -157,24 +156,24 @@ def _split_note(metas: Sequence[dict[str, Any]], data: Path, samples: Sequence[S
 
 
 def _ensemble_meta(
-    metas: Sequence[dict[str, Any]], weights: Sequence[float], method: str, names: Sequence[str], split: str
-) -> dict[str, Any]:
+    metas: Sequence[CheckpointMeta], weights: Sequence[float], method: str, names: Sequence[str], split: str
+) -> CheckpointMeta:
     first = metas[0]
-    return {
-        "arch": "ensemble",
-        "head": "ensemble",
-        "img_size": max(int(m["img_size"]) for m in metas),
-        "mean": [0.0, 0.0, 0.0],
-        "std": [1.0, 1.0, 1.0],
-        "tasks": first["tasks"],
-        "taxonomy": first["taxonomy"],
-        "train": first.get("train", {}),
-        "data": first.get("data", {}),
-        "members": list(metas),
-        "weights": list(weights),
-        "ensemble": {"method": method, "files": list(names), "fitted_on": split},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    return CheckpointMeta(
+        arch="ensemble",
+        head="ensemble",
+        img_size=max(m.img_size for m in metas),
+        mean=[0.0, 0.0, 0.0],
+        std=[1.0, 1.0, 1.0],
+        tasks=first.tasks,
+        taxonomy=first.taxonomy,
+        train=first.train if first.train is not None else {},
+        data=first.data if first.data is not None else {},
+        members=list(metas),
+        weights=list(weights),
+        ensemble={"method": method, "files": list(names), "fitted_on": split},
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 def build_ensemble(

@@ -24,15 +24,14 @@ from carcli.calibration import (
     expected_calibration_error,
     fit_temperature,
     reliability_bins,
-    temperatures_of,
     tempered,
 )
-from carcli.checkpoint import at_size, rewrite_metadata, trained_on
+from carcli.checkpoint import rewrite_metadata, trained_on
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.data.images import find_unreadable
 from carcli.data.layouts import Sample
-from carcli.data.splits import align_labels, sample_targets, split_samples
 from carcli.data.submission import plan_submission
-from carcli.data.taxonomy import FINE, Taxonomy
+from carcli.data.taxonomy import FINE
 from carcli.deploy import OnnxModel, is_onnx
 from carcli.errors import CarcliError, UsageError
 from carcli.files import check_output_dir, check_output_file, write_csv, write_text
@@ -46,6 +45,7 @@ from carcli.inference import (
 )
 from carcli.metrics import hierarchy_consistency, most_confused, task_metrics, top1_per_task, with_implied_tasks
 from carcli.plots import plot_confusion, plot_reliability, plot_top_losses
+from carcli.splits import align_labels, sample_targets, split_samples
 from carcli.usage import check_eval
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ def evaluate(
     _check_outputs(out, submission)
     _check_model_options(checkpoint, crop, tta, calibrate, calibrated_out, hierarchy or img_size is not None)
     model, meta, where = load_scorer(checkpoint, device)
-    meta = at_size(meta, img_size)
+    meta = meta.at_size(img_size)
     data = data or trained_on(meta, checkpoint)
     dataset, samples, split = split_samples(meta, data, split)
     if calibrate and split != "val":
@@ -112,7 +112,7 @@ def evaluate(
         samples = [s for s in samples if s.path not in bad]
     if not samples:
         raise CarcliError(f"no readable images in the {split} split of {data}")
-    plan = plan_submission(submission, dataset, split, samples, meta) if submission is not None else None
+    plan = plan_submission(submission, dataset, split, samples, meta.fine_names) if submission is not None else None
     out_dir = out or checkpoint.parent / f"eval-{split}"
     reporter.info(f"evaluating {checkpoint} on {len(samples)} {split} images of {data} ({where})")
     plain, raw = _run(model, meta, samples, tta, crop, batch_size, workers, where, reporter)
@@ -128,7 +128,7 @@ def evaluate(
         result.unreadable = unreadable
     if plan is not None:
         fine_pred = np.asarray(probs[FINE]).argmax(1).tolist()
-        result.submission_top1 = plan.write(dataset, [s.path for s in samples], fine_pred, meta)
+        result.submission_top1 = plan.write(dataset, [s.path for s in samples], fine_pred, meta.fine_names)
         result.files.append(plan.path)
     result.report = {
         "checkpoint": str(checkpoint),
@@ -136,7 +136,7 @@ def evaluate(
         "split": split,
         "n_images": len(samples),
         "tasks": result.report["tasks"],
-        "temperatures": calibration["temperatures"] if calibration else temperatures_of(meta),
+        "temperatures": calibration["temperatures"] if calibration else meta.temperatures,
         **({"calibration": calibration} if calibration else {}),
         **hierarchy_entry,
         "seconds": round(time.perf_counter() - started, 3),
@@ -171,13 +171,13 @@ def _check_model_options(
 
 
 def _hierarchy(
-    raw: dict[str, Any], fine_targets: np.ndarray, meta: dict[str, Any], used: bool
+    raw: dict[str, Any], fine_targets: np.ndarray, meta: CheckpointMeta, used: bool
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The probabilities to score (hierarchy-consistent when `used`) and eval.json's "hierarchy" entry.
 
     An .onnx model carries no fitted weights (and is refused with `used`): its probabilities pass as they are.
     """
-    if not used and "hierarchy" not in meta:
+    if not used and meta.hierarchy is None:
         return raw, {}
     import torch
 
@@ -190,7 +190,7 @@ def _hierarchy(
 
 def _run(
     model: Any,
-    meta: dict[str, Any],
+    meta: CheckpointMeta,
     samples: Sequence[Sample],
     tta: bool,
     crop: str | None,
@@ -200,8 +200,7 @@ def _run(
     reporter: StageReporter,
 ) -> tuple[dict[str, Tensor] | None, dict[str, Any]]:
     """Probabilities per task: (first pass, two-pass) with `crop`, else (None, plain or TTA)."""
-    train = meta.get("train") or {}
-    crop_margin = float(train.get("bbox_margin", 0.1)) if train.get("crop_to_bbox") else None
+    crop_margin = float(meta.train_option("bbox_margin", 0.1)) if meta.train_option("crop_to_bbox") else None
     progress = reporter.stage("evaluating" + (" (TTA)" if tta else ""), len(samples))
     if isinstance(model, OnnxModel):
         return None, model.sample_probs(samples, batch_size, progress, crop_margin)
@@ -213,7 +212,7 @@ def _run(
 
 
 def _calibrate(
-    checkpoint: Path, meta: dict[str, Any], probs: dict[str, Any], targets: dict[str, np.ndarray]
+    checkpoint: Path, meta: CheckpointMeta, probs: dict[str, Any], targets: dict[str, np.ndarray]
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Fit a temperature per task on `probs` (already at the checkpoint's temperatures, which it multiplies);
     the probabilities at the new temperatures and the calibration record (ECE before and after)."""
@@ -221,7 +220,7 @@ def _calibrate(
     calibrated = {task: tempered(p, fitted[task]) for task, p in probs.items()}
     before, after = with_implied_tasks(probs, meta)[0], with_implied_tasks(calibrated, meta)[0]
     full = sample_targets_like(targets, meta, list(before))
-    old = temperatures_of(meta)
+    old = meta.temperatures
     record = {
         "temperatures": {task: round(old.get(task, 1.0) * t, 6) for task, t in fitted.items()},
         "fitted_on": {"split": "val", "images": len(next(iter(targets.values())))},
@@ -232,20 +231,20 @@ def _calibrate(
     return calibrated, record
 
 
-def sample_targets_like(targets: dict[str, np.ndarray], meta: dict[str, Any], tasks: Sequence[str]) -> dict[str, Any]:
+def sample_targets_like(targets: dict[str, np.ndarray], meta: CheckpointMeta, tasks: Sequence[str]) -> dict[str, Any]:
     """Targets of `tasks` from those already known: coarse ones are mapped up from the fine targets."""
-    fine_to = Taxonomy.from_dict(meta["taxonomy"]).fine_to
+    fine_to = meta.taxonomy.fine_to
     return {t: targets[t] if t in targets else np.asarray(fine_to[t])[targets[FINE]] for t in tasks}
 
 
-def rewrite_calibration(checkpoint: Path, meta: dict[str, Any], record: dict[str, Any], out: Path | None) -> Path:
+def rewrite_calibration(checkpoint: Path, meta: CheckpointMeta, record: dict[str, Any], out: Path | None) -> Path:
     """Store `record` as the checkpoint's `calibration` metadata, in place or in a copy at `out` (atomically)."""
     stored = {k: v for k, v in record.items() if k != "checkpoint"}
-    return rewrite_metadata(checkpoint, {**meta, "calibration": stored}, out)
+    return rewrite_metadata(checkpoint, meta.replace(calibration=stored), out)
 
 
 def _score(
-    meta: dict[str, Any],
+    meta: CheckpointMeta,
     samples: Sequence[Sample],
     to_fine: np.ndarray,
     probs: dict[str, Any],
@@ -264,7 +263,7 @@ def _score(
 
 
 def _write_reports(
-    meta: dict[str, Any],
+    meta: CheckpointMeta,
     samples: Sequence[Sample],
     probs: dict[str, np.ndarray],
     targets: dict[str, np.ndarray],
@@ -275,13 +274,13 @@ def _write_reports(
     tasks: dict[str, dict[str, Any]] = {}
     matrices: dict[str, np.ndarray] = {}
     for task, p in probs.items():
-        metrics, matrices[task] = task_metrics(p, targets[task], meta["tasks"][task])
+        metrics, matrices[task] = task_metrics(p, targets[task], meta.tasks[task])
         tasks[task] = {"source": sources[task], **metrics, "ece": expected_calibration_error(p, targets[task])}
     for task, extra in hierarchy_consistency(probs, targets, meta, sources).items():
         tasks[task].update(extra)
-    names = meta["tasks"][FINE]
-    fine_to = Taxonomy.from_dict(meta["taxonomy"]).fine_to
-    group_names = meta["tasks"].get(GROUP_TASK)
+    names = meta.fine_names
+    fine_to = meta.taxonomy.fine_to
+    group_names = meta.tasks.get(GROUP_TASK)
     group_of = [group_names[i] for i in fine_to[GROUP_TASK]] if group_names and GROUP_TASK in fine_to else None
     files = [out_dir / name for name in ("confusion.png", "confusion.csv", "most_confused.csv", "per_class.csv")]
     plot_confusion(matrices[FINE], names, files[0], group_of, matrices.get(GROUP_TASK), group_names)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,10 +23,10 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.data.images import ImageDataset, centre_square, open_rgb
 from carcli.data.layouts import Sample
 from carcli.data.taxonomy import FINE
-from carcli.data.transforms import view_transform
 from carcli.files import atomic_output
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ class Explanation:
 
 def write_explanations(
     model: nn.Module,
-    meta: dict[str, Any],
+    meta: CheckpointMeta,
     items: Sequence[Explanation],
     out_dir: Path,
     saliency: bool = False,
@@ -140,10 +140,10 @@ def write_explanations(
     progress: Callable[[int], None] | None = None,
 ) -> list[Path]:
     """One Grad-CAM overlay PNG per image (`<name>.gradcam.png`), and with `saliency` a `<name>.saliency.png`."""
-    size = int(meta["img_size"])
+    size = meta.img_size
     model.eval().to(device)
     samples = [Sample(item.path, item.label, "test") for item in items]
-    loader = DataLoader(ImageDataset(samples, view_transform(meta), size), batch_size=batch_size)
+    loader = DataLoader(ImageDataset(samples, meta.view_transform(), size), batch_size=batch_size)
     stems = _unique_stems([item.path for item in items])
     written: list[Path] = []
     with grad_cam(model, size) as extractor:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from carcli.calibration import temperatures_of
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.deploy import EXTRA, INPUT_NAME, METADATA_KEY, export_info
 from carcli.errors import CarcliError, UsageError
 from carcli.files import atomic_output, check_output_file
@@ -108,10 +108,10 @@ def export_checkpoint(
     out = _check_request(checkpoint, fmt, out, quantize, data, calibration_images)
     model, meta = load_model(checkpoint)
     tasks = predicted_tasks(model)
-    temperatures = temperatures_of(meta)
+    temperatures = meta.temperatures
     wrapper = TaskOutputs(model, tasks, temperatures).eval()
-    size = int(meta["img_size"])
-    info = export_info(meta, tasks, "log_probs" if "members" in meta else "logits")
+    size = meta.img_size
+    info = export_info(meta, tasks, "log_probs" if meta.is_ensemble else "logits")
     check = _sample(meta, CHECK_BATCH)
     with torch.no_grad():
         expected = [t.numpy() for t in wrapper(check)]
@@ -137,7 +137,7 @@ def export_checkpoint(
                 _write_torchscript(wrapper, sample, tmp, info)
                 got = _run_torchscript(tmp, check)
     diff = max(float(abs(a - b).max()) for a, b in zip(got, expected, strict=True))
-    outputs = {task: len(meta["tasks"][task]) for task in tasks}
+    outputs = {task: meta.class_counts[task] for task in tasks}
     result = ExportResult(out, fmt, ("batch", 3, size, size), outputs, diff, out.stat().st_size, temperatures)
     result.quantized = report
     return result
@@ -170,12 +170,12 @@ def _check_request(
     return out
 
 
-def _sample(meta: dict[str, Any], batch: int) -> Tensor:
+def _sample(meta: CheckpointMeta, batch: int) -> Tensor:
     """A seeded batch of random [0, 1] images, normalised as the model expects."""
-    size = int(meta["img_size"])
+    size = meta.img_size
     images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
-    mean = torch.tensor(meta["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(meta["std"]).view(1, 3, 1, 1)
+    mean = torch.tensor(meta.mean).view(1, 3, 1, 1)
+    std = torch.tensor(meta.std).view(1, 3, 1, 1)
     return (images - mean) / std
 
 

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from carcli.data.taxonomy import FINE, Taxonomy
+from carcli.checkpoint_meta import CheckpointMeta
+from carcli.data.taxonomy import FINE
 from carcli.errors import UsageError
 
 TASKS = ("make", "type")
@@ -40,18 +41,18 @@ def combined_scores(probs: dict[str, Tensor], fine_to: dict[str, list[int]], wei
     return score
 
 
-def hierarchy_tasks(probs: dict[str, Tensor], meta: dict[str, Any]) -> list[str]:
+def hierarchy_tasks(probs: dict[str, Tensor], meta: CheckpointMeta) -> list[str]:
     """The coarse tasks among make and type that the model has a head for (its probabilities are in `probs`)."""
-    fine_to = meta["taxonomy"]["fine_to"]
+    fine_to = meta.taxonomy.fine_to
     return [task for task in TASKS if task in probs and task in fine_to]
 
 
-def fit_weights(probs: dict[str, Tensor], targets: Tensor, meta: dict[str, Any]) -> dict[str, Any] | None:
+def fit_weights(probs: dict[str, Tensor], targets: Tensor, meta: CheckpointMeta) -> dict[str, Any] | None:
     """The grid weights with the best fine top-1 on (`probs`, fine `targets`); None without make/type heads."""
     tasks = hierarchy_tasks(probs, meta)
     if not tasks or not len(targets):
         return None
-    fine_to = Taxonomy.from_dict(meta["taxonomy"]).fine_to
+    fine_to = meta.taxonomy.fine_to
     best: tuple[float, float, dict[str, float]] | None = None
     for combo in itertools.product(GRID, repeat=len(tasks)):
         weights = dict(zip(tasks, combo, strict=True))
@@ -63,36 +64,36 @@ def fit_weights(probs: dict[str, Tensor], targets: Tensor, meta: dict[str, Any])
     return {"weights": best[2], "val_top1": best[0], "val_plain_top1": plain}
 
 
-def stored_weights(probs: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, float]:
+def stored_weights(probs: dict[str, Tensor], meta: CheckpointMeta) -> dict[str, float]:
     """The checkpoint's fitted weights (a=b=1 when it has none) for the tasks the model predicts."""
     tasks = hierarchy_tasks(probs, meta)
     if not tasks:
         raise UsageError("--hierarchy needs a checkpoint with make or type heads (--head mtl or mtl-aux)")
-    weights = (meta.get("hierarchy") or {}).get("weights") or DEFAULT_WEIGHTS
+    weights = meta.hierarchy_weights or DEFAULT_WEIGHTS
     return {task: float(weights.get(task, 0.0)) for task in tasks}
 
 
-def consistent_probs(probs: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Tensor]:
+def consistent_probs(probs: dict[str, Tensor], meta: CheckpointMeta) -> dict[str, Tensor]:
     """Probabilities whose top fine class, make and type agree (see the module docstring)."""
-    fine_to = Taxonomy.from_dict(meta["taxonomy"]).fine_to
+    fine_to = meta.taxonomy.fine_to
     weights = stored_weights(probs, meta)
     fine = combined_scores(probs, fine_to, weights).softmax(1)
     out = {**probs, FINE: fine}
     for task in weights:
         index = torch.tensor(fine_to[task])
-        best = fine.new_zeros(len(fine), len(meta["tasks"][task]))
+        best = fine.new_zeros(len(fine), meta.class_counts[task])
         best.scatter_reduce_(1, index.expand_as(fine), fine, reduce="amax")
         out[task] = best / best.sum(1, keepdim=True).clamp_min(EPS)
     return out
 
 
-def hierarchy_report(probs: dict[str, Tensor], targets: Tensor, meta: dict[str, Any], used: bool) -> dict[str, Any]:
+def hierarchy_report(probs: dict[str, Tensor], targets: Tensor, meta: CheckpointMeta, used: bool) -> dict[str, Any]:
     """eval.json's "hierarchy" entry: fine top-1 with and without it and how often the heads agree ({} without
     make/type heads)."""
     tasks = hierarchy_tasks(probs, meta)
     if not tasks:
         return {}
-    fine_to = Taxonomy.from_dict(meta["taxonomy"]).fine_to
+    fine_to = meta.taxonomy.fine_to
     fine_pred = probs[FINE].argmax(1)
     agree = torch.ones_like(fine_pred, dtype=torch.bool)
     for task in tasks:
@@ -102,7 +103,7 @@ def hierarchy_report(probs: dict[str, Tensor], targets: Tensor, meta: dict[str, 
         "hierarchy": {
             "used": used,
             "weights": stored_weights(probs, meta),
-            "fitted": "hierarchy" in meta,
+            "fitted": meta.hierarchy is not None,
             "top1": _share(combined == targets),
             "plain_top1": _share(fine_pred == targets),
             "heads_agree": _share(agree),

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from carcli.calibration import temperatures_of
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.data.images import ImageDataset, centre_square, image_problems, open_rgb
 from carcli.data.layouts import Sample
-from carcli.data.splits import align_labels, sample_targets, split_samples
 from carcli.data.taxonomy import FINE
 from carcli.deploy import OnnxModel, is_onnx
 from carcli.errors import CarcliError
 from carcli.metrics import with_implied_tasks
+from carcli.splits import align_labels, sample_targets, split_samples
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -121,7 +121,7 @@ def dataset_probs(
 
 def sample_probs(
     model: nn.Module,
-    meta: dict[str, Any],
+    meta: CheckpointMeta,
     samples: Sequence[Sample],
     batch_size: int = 64,
     device: str = "cpu",
@@ -132,18 +132,16 @@ def sample_probs(
 ) -> dict[str, Tensor]:
     """Softmax probabilities per task for `samples`, with the checkpoint's preprocessing (and `tta` views)
     and calibration temperatures."""
-    from carcli.data.transforms import view_transform
-
-    size = int(meta["img_size"])
-    dataset = ImageDataset(samples, view_transform(meta, tta), size, crop_margin)
+    size = meta.img_size
+    dataset = ImageDataset(samples, meta.view_transform(tta), size, crop_margin)
     if tta:
         batch_size = max(1, batch_size // 12)  # six views and their mirrors per image
-    return dataset_probs(model, dataset, batch_size, device, workers, progress, temperatures_of(meta))
+    return dataset_probs(model, dataset, batch_size, device, workers, progress, meta.temperatures)
 
 
 def predict_samples(
     model: nn.Module,
-    meta: dict[str, Any],
+    meta: CheckpointMeta,
     samples: Sequence[Sample],
     class_names: Sequence[str],
     batch_size: int = 64,
@@ -171,7 +169,7 @@ def default_workers(images: int, batch_size: int) -> int:
     return 0 if images <= batch_size else min(8, (os.cpu_count() or 2) // 2)
 
 
-def load_scorer(model_path: Path, device: str = "auto") -> tuple[Any, dict[str, Any], str]:
+def load_scorer(model_path: Path, device: str = "auto") -> tuple[Any, CheckpointMeta, str]:
     """(model, metadata, where it runs): an `OnnxModel` for a `.onnx` file (no torch), else the checkpoint's module."""
     if is_onnx(model_path):
         onnx_model = OnnxModel.load(model_path)
@@ -185,7 +183,7 @@ def load_scorer(model_path: Path, device: str = "auto") -> tuple[Any, dict[str, 
 
 
 def eval_samples(
-    meta: dict[str, Any], data: Path, say: Callable[[str], None] | None = None
+    meta: CheckpointMeta, data: Path, say: Callable[[str], None] | None = None
 ) -> tuple[list[Sample], list[str], str]:
     """The evaluation split of `data` as the checkpoint's training run split it: samples, class names, split name.
 
@@ -258,7 +256,7 @@ class CroppedDataset(ImageDataset):
 
 def cam_crop_probs(
     model: nn.Module,
-    meta: dict[str, Any],
+    meta: CheckpointMeta,
     samples: Sequence[Sample],
     batch_size: int = 64,
     device: str = "cpu",
@@ -270,15 +268,16 @@ def cam_crop_probs(
     import torch
     from torch.utils.data import DataLoader
 
-    from carcli.data.transforms import view_transform
     from carcli.explain import cam_maps, grad_cam
 
     reporter = reporter or SilentStages()
-    size = int(meta["img_size"])
-    temperatures = temperatures_of(meta)
+    size = meta.img_size
+    temperatures = meta.temperatures
     model.eval().to(device)
     loader = DataLoader(
-        ImageDataset(samples, view_transform(meta), size, crop_margin), batch_size=batch_size, num_workers=workers
+        ImageDataset(samples, meta.view_transform(), size, crop_margin),
+        batch_size=batch_size,
+        num_workers=workers,
     )
     progress = reporter.stage("pass 1: Grad-CAM", len(samples))
     first: dict[str, list[Tensor]] = {}
@@ -290,7 +289,7 @@ def cam_crop_probs(
                 first.setdefault(task, []).append((z.float() / temperatures.get(task, 1.0)).softmax(1).cpu())
             boxes.extend(cam_box(m) for m in maps)
             progress(len(boxes))
-    cropped = CroppedDataset(samples, boxes, view_transform(meta), size, crop_margin)
+    cropped = CroppedDataset(samples, boxes, meta.view_transform(), size, crop_margin)
     progress = reporter.stage("pass 2: CAM crops", len(samples))
     second = dataset_probs(model, cropped, batch_size, device, workers, progress, temperatures)
     plain = {task: torch.cat(parts) for task, parts in first.items()}
@@ -326,14 +325,14 @@ def modernity(year_probs: Any, years: Sequence[str]) -> np.ndarray:
 
 
 def image_predictions(
-    paths: Sequence[Path | str], probs: dict[str, Any], meta: dict[str, Any], top_k: int
+    paths: Sequence[Path | str], probs: dict[str, Any], meta: CheckpointMeta, top_k: int
 ) -> list[ImagePrediction]:
     """Per-image answers from the probabilities of every task (coarse tasks filled from the fine one if needed).
 
     `probs` are numpy arrays or CPU tensors: the `.st` and the `.onnx` paths share this code.
     """
     probs, _ = with_implied_tasks(probs, meta)
-    names = meta["tasks"]
+    names = meta.tasks
     order = np.argsort(-probs[FINE], axis=1, kind="stable")[:, :top_k]
     years = modernity(probs["year"], names["year"]) if "year" in probs else None
     expected = probs["year"] @ np.asarray([float(y) for y in names["year"]], np.float32) if "year" in probs else None
@@ -353,11 +352,11 @@ def image_predictions(
 
 
 def predict_batch(
-    model: nn.Module, meta: dict[str, Any], images: Tensor, names: Sequence[str], top_k: int = 5
+    model: nn.Module, meta: CheckpointMeta, images: Tensor, names: Sequence[str], top_k: int = 5
 ) -> list[ImagePrediction]:
     """Answers for a batch of images already in the checkpoint's view (`view_transform`): `carcli serve`'s path."""
     import torch
 
     with torch.no_grad():
-        probs = batch_probs(model.eval(), images, temperatures_of(meta))
+        probs = batch_probs(model.eval(), images, meta.temperatures)
     return image_predictions(names, probs, meta, top_k)

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from carcli.data.taxonomy import FINE, Taxonomy
+from carcli.checkpoint_meta import CheckpointMeta
+from carcli.data.taxonomy import FINE
 
 TOP_K = 5
 
@@ -33,16 +34,16 @@ def top1_per_task(
     return {task: topk_accuracy(probs[task], targets[task]) for task in (probs if tasks is None else tasks)}
 
 
-def with_implied_tasks(probs: dict[str, Any], meta: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def with_implied_tasks(probs: dict[str, Any], meta: CheckpointMeta) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Every task of the checkpoint's taxonomy: a task the model has no head for gets the fine
     distribution summed over its classes (P(make) = sum of P(model) over that make's models).
 
     Returns the probabilities (numpy) in task order and each task's source ("head" or "fine").
     """
-    fine_to = Taxonomy.from_dict(meta["taxonomy"]).fine_to
+    fine_to = meta.taxonomy.fine_to
     out: dict[str, np.ndarray] = {}
     sources: dict[str, str] = {}
-    for task, names in meta["tasks"].items():
+    for task, names in meta.tasks.items():
         if task in probs:
             out[task], sources[task] = np.asarray(probs[task]), "head"
         elif task in fine_to:
@@ -97,10 +98,10 @@ def task_metrics(probs: Any, targets: Any, names: Sequence[str]) -> tuple[dict[s
 
 
 def hierarchy_consistency(
-    probs: dict[str, Any], targets: dict[str, Any], meta: dict[str, Any], sources: dict[str, str]
+    probs: dict[str, Any], targets: dict[str, Any], meta: CheckpointMeta, sources: dict[str, str]
 ) -> dict[str, dict[str, float]]:
     """Per coarse task: top-1 of the fine prediction mapped up, and (for a head) how often the head agrees with it."""
-    fine_to = Taxonomy.from_dict(meta["taxonomy"]).fine_to
+    fine_to = meta.taxonomy.fine_to
     fine_pred = np.asarray(probs[FINE]).argmax(1)
     found: dict[str, dict[str, float]] = {}
     for task, index in fine_to.items():

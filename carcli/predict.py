@@ -14,9 +14,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from carcli.checkpoint import at_size
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.data.finding import expand_inputs
 from carcli.data.images import image_problems
 from carcli.data.layouts import Sample
@@ -109,7 +109,7 @@ def predict(
             "--crop, --explain and --img-size need the .st checkpoint; an .onnx model has its own size and no gradients"
         )
     model, meta, torch_device = load_scorer(model_path, device)
-    meta = at_size(meta, img_size)  # None: the checkpoint's evaluation size
+    meta = meta.at_size(img_size)  # None: the checkpoint's evaluation size
     paths, skipped = gather_images(inputs)
     for name, why in skipped:
         reporter.warn(f"skipped {name}: {why}")
@@ -150,7 +150,7 @@ def _check_outputs(csv_path: Path | None, explain_dir: Path | None) -> None:
 
 def _explain(
     model: torch.nn.Module,
-    meta: dict[str, Any],
+    meta: CheckpointMeta,
     predictions: Sequence[ImagePrediction],
     fine: torch.Tensor,
     out_dir: Path,

@@ -13,11 +13,12 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from carcli.checkpoint import load_checkpoint, save_checkpoint, trained_on
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.device import resolve_device
 from carcli.errors import CarcliError, UsageError
 from carcli.files import check_output_file, csv_text, write_bytes
@@ -88,24 +89,24 @@ class SweepResult:
 # ---------------------------------------------------------------- the command
 
 
-def _load(checkpoint: Path) -> tuple[nn.Module, dict[str, Any]]:
+def _load(checkpoint: Path) -> tuple[nn.Module, CheckpointMeta]:
     model, meta = load_model(checkpoint)
-    if "members" in meta:
+    if meta.is_ensemble:
         raise CarcliError(f"{checkpoint} is an ensemble; prune its members, then ensemble the pruned files")
     return model, meta
 
 
 def _report(
-    model: nn.Module, meta: dict[str, Any], file_bytes: int, samples: list[Sample], class_names: list[str], device: str
+    model: nn.Module, meta: CheckpointMeta, file_bytes: int, samples: list[Sample], class_names: list[str], device: str
 ) -> ModelReport:
     total, nonzero = count_parameters(model)
     top1 = _top1(model, meta, samples, class_names, device)
-    speed = latency(model.to("cpu"), int(meta["img_size"]), threads=1)[0]
+    speed = latency(model.to("cpu"), meta.img_size, threads=1)[0]
     return ModelReport(total, nonzero, file_bytes, speed, top1)
 
 
 def _top1(
-    model: nn.Module, meta: dict[str, Any], samples: Sequence[Sample], class_names: Sequence[str], device: str
+    model: nn.Module, meta: CheckpointMeta, samples: Sequence[Sample], class_names: Sequence[str], device: str
 ) -> dict[str, float]:
     """Top-1 of every task the model predicts, on `samples`."""
     preds = predict_samples(model, meta, samples, class_names, device=device)
@@ -137,9 +138,9 @@ def prune_checkpoint(
     device = str(resolve_device("auto"))
     say(f"scoring {checkpoint.name} on {len(samples)} {split} images")
     before = _report(model, meta, checkpoint.stat().st_size, samples, class_names, device)
-    apply_pruning(model.to("cpu"), method, rate, int(meta["img_size"]), permanent=not finetune_epochs)
+    apply_pruning(model.to("cpu"), method, rate, meta.img_size, permanent=not finetune_epochs)
     pruned_meta = pruned_metadata(model, meta, method, rate)
-    zeros = pruned_meta["pruned"]["sparsity"]
+    zeros = (pruned_meta.pruned or {})["sparsity"]
     say(f"{method} pruning at rate {rate}: {count_parameters(model)[0] / 1e6:.3f} M parameters, {zeros:.1%} zero")
     finetune_run = None
     if finetune_epochs:
@@ -157,7 +158,7 @@ def prune_checkpoint(
 
 def _finetune(
     model: nn.Module,
-    meta: dict[str, Any],
+    meta: CheckpointMeta,
     data: Path,
     epochs: int,
     out: Path,
@@ -172,14 +173,14 @@ def _finetune(
     if (run_dir / "best.st").exists():
         raise CarcliError(f"{run_dir} already holds a fine-tuning run; remove it or choose another -o")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    options = {k: v for k, v in meta.get("train", {}).items() if k in known}
+    options = {k: v for k, v in (meta.train or {}).items() if k in known}
     config = TrainConfig(  # the run's own recipe and peak lr, without warmup: the model starts trained
         **{
             **options,
             "data": str(data),
-            "arch": meta["arch"],
-            "head": meta["head"],
-            "img_size": meta.get("train_img_size", meta["img_size"]),
+            "arch": meta.arch,
+            "head": meta.head,
+            "img_size": meta.img_size if meta.train_img_size is None else meta.train_img_size,
             "epochs": epochs,
             "warmup_epochs": 0.0,
             "weights": None,
@@ -189,7 +190,7 @@ def _finetune(
             "out": str(run_dir),
         }
     )
-    train(config, reporter, model=model, extra_meta={"pruned": meta["pruned"]})  # type: ignore[arg-type]
+    train(config, reporter, model=model, extra_meta={"pruned": meta.pruned})  # type: ignore[arg-type]
     for name in ("best.st", "last.st"):  # masked weights (magnitude) become plain ones, loadable like any model
         state, saved_meta = load_checkpoint(run_dir / name)
         save_checkpoint(run_dir / name, fold_masks(state), saved_meta)
@@ -218,7 +219,7 @@ def sweep(
     for rate in rates:
         candidate = copy.deepcopy(model).to("cpu")
         if rate:
-            apply_pruning(candidate, method, rate, int(meta["img_size"]))
+            apply_pruning(candidate, method, rate, meta.img_size)
         nonzero.append(count_parameters(candidate)[1])
         for task, value in _top1(candidate, meta, samples, class_names, device).items():
             top1.setdefault(task, []).append(value)

@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.data.images import open_rgb
 from carcli.data.layouts import Sample, load_dataset
-from carcli.data.splits import align_labels, sample_targets, split_samples
 from carcli.deploy import INPUT_NAME, OnnxModel, eval_view
 from carcli.errors import CarcliError
 from carcli.files import atomic_output
 from carcli.metrics import topk_accuracy
+from carcli.splits import align_labels, sample_targets, split_samples
 
 SEED = 0
 CALIBRATION_BATCH = 8
@@ -60,7 +61,7 @@ class QuantReport:
 class ImageReader:
     """An onnxruntime CalibrationDataReader over image files, preprocessed as carcli evaluates, in small batches."""
 
-    def __init__(self, paths: Sequence[Path], meta: dict[str, Any]) -> None:
+    def __init__(self, paths: Sequence[Path], meta: CheckpointMeta) -> None:
         self.paths = list(paths)
         self.meta = meta
         self.start = 0
@@ -68,7 +69,7 @@ class ImageReader:
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.start >= len(self.paths):
             return None
-        size, mean, std = int(self.meta["img_size"]), self.meta["mean"], self.meta["std"]
+        size, mean, std = self.meta.img_size, self.meta.mean, self.meta.std
         batch = self.paths[self.start : self.start + CALIBRATION_BATCH]
         self.start += CALIBRATION_BATCH
         return {INPUT_NAME: np.stack([eval_view(open_rgb(p, size), size, mean, std) for p in batch])}
@@ -77,10 +78,10 @@ class ImageReader:
         self.start = 0
 
 
-def calibration_paths(data: Path, meta: dict[str, Any], count: int) -> list[Path]:
+def calibration_paths(data: Path, meta: CheckpointMeta, count: int) -> list[Path]:
     """A seeded sample of `count` training images of `data` (all of them when there are fewer)."""
-    train = meta.get("train") or {}
-    dataset = load_dataset(Path(data), float(train.get("val_fraction", 0.2)), int(train.get("seed", 0)))
+    val_fraction, seed = meta.train_option("val_fraction", 0.2), meta.train_option("seed", 0)
+    dataset = load_dataset(Path(data), float(val_fraction), int(seed))
     pool = [s.path for s in dataset.split("train")] or [s.path for s in dataset.samples]
     if not pool:
         raise CarcliError(f"{data} has no images to calibrate the quantisation on")
@@ -111,7 +112,7 @@ def quantize_int8(fp32: Path, out: Path, data: Path, images: int = 200) -> Quant
     return report
 
 
-def _reader(paths: Sequence[Path], meta: dict[str, Any]) -> Any:
+def _reader(paths: Sequence[Path], meta: CheckpointMeta) -> Any:
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(ImageReader, CalibrationDataReader):
@@ -124,7 +125,7 @@ def compare(fp32: OnnxModel, int8: OnnxModel, data: Path) -> QuantReport:
     """Latency (batch 1) and top-1 per output task of both models on the val split of `data`."""
     dataset, samples, split = split_samples(fp32.meta, data, None)
     to_fine = np.asarray(align_labels(dataset.class_names, fp32.meta), dtype=np.int64)
-    targets = sample_targets(samples, to_fine, fp32.meta, fp32.meta["outputs"])
+    targets = sample_targets(samples, to_fine, fp32.meta, fp32.outputs)
     top1: dict[str, dict[str, float]] = {}
     latency: dict[str, float] = {}
     for name, model in (("fp32", fp32), ("int8", int8)):
@@ -136,8 +137,8 @@ def compare(fp32: OnnxModel, int8: OnnxModel, data: Path) -> QuantReport:
 
 def latency_ms(model: OnnxModel, sample: Sample) -> float:
     """Median milliseconds of one forward pass at batch 1 (after 3 warm-up runs)."""
-    size, meta = int(model.meta["img_size"]), model.meta
-    image = eval_view(open_rgb(sample.path, size), size, meta["mean"], meta["std"])[None]
+    size, meta = model.meta.img_size, model.meta
+    image = eval_view(open_rgb(sample.path, size), size, meta.mean, meta.std)[None]
     times = []
     for run in range(3 + LATENCY_RUNS):
         started = time.perf_counter()

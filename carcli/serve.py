@@ -27,6 +27,7 @@ from typing import Any
 from PIL import Image
 
 from carcli import __version__
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.errors import CarcliError, UsageError
 
 try:
@@ -46,8 +47,6 @@ import torch
 from torch import Tensor, nn
 
 from carcli.data.images import open_rgb
-from carcli.data.taxonomy import FINE
-from carcli.data.transforms import view_transform
 from carcli.deploy import OnnxModel, eval_view, is_onnx
 from carcli.explain import DISPLAY_SIZE, cam_maps, centre_view, grad_cam, overlay
 from carcli.inference import ImagePrediction, image_predictions, predict_batch
@@ -99,10 +98,10 @@ class Job:
 class Engine:
     """The loaded checkpoint: decodes uploads into jobs and answers a batch of jobs (one thread at a time)."""
 
-    def __init__(self, model: nn.Module, meta: dict[str, Any], path: Path, device: str) -> None:
+    def __init__(self, model: nn.Module, meta: CheckpointMeta, path: Path, device: str) -> None:
         self.model, self.meta, self.path, self.device = model, meta, path, device
-        self.size = int(meta["img_size"])
-        self.transform = view_transform(meta)
+        self.size = meta.img_size
+        self.transform = meta.view_transform()
 
     @classmethod
     def load(cls, path: Path, device: str = "auto") -> Engine:
@@ -117,16 +116,16 @@ class Engine:
         return cls(model, meta, path, torch_device)
 
     @property
-    def source(self) -> dict[str, Any]:
+    def source(self) -> dict[str, str]:
         """The architecture and head the model was trained with (an export records them under `source`)."""
-        return self.meta.get("source") or self.meta
+        return {"arch": self.meta.arch, "head": self.meta.head}
 
     def describe(self) -> dict[str, Any]:
         """What `GET /health` says about the model."""
-        tasks = self.meta["tasks"]
+        tasks = self.meta.tasks
         info = {"model": str(self.path), "arch": self.source["arch"], "head": self.source["head"]}
-        if "members" in self.meta:
-            info["members"] = [member["arch"] for member in self.meta["members"]]
+        if self.meta.members is not None:
+            info["members"] = [member.arch for member in self.meta.members]
         classes = {task: len(names) for task, names in tasks.items()}
         return {**info, "img_size": self.size, "tasks": list(tasks), "classes": classes, "device": self.device}
 
@@ -158,7 +157,7 @@ class Engine:
 
     def _overlays(self, views: Tensor, jobs: Sequence[Job], predictions: Sequence[ImagePrediction]) -> list[str]:
         """Base64 PNGs of the Grad-CAM overlay of each view's top fine class, as `predict --explain` draws them."""
-        fine = self.meta["tasks"][FINE]
+        fine = self.meta.fine_names
         classes = [fine.index(p.top_k[0]["label"]) for p in predictions]
         with grad_cam(self.model, self.size) as extractor:
             maps = cam_maps(self.model, extractor, views, classes)[1]
@@ -179,7 +178,7 @@ class OnnxEngine(Engine):
 
     def __init__(self, model: OnnxModel, path: Path) -> None:
         self.model, self.meta, self.path, self.device = model, model.meta, path, "onnxruntime"  # type: ignore[assignment]
-        self.size = int(model.meta["img_size"])
+        self.size = model.meta.img_size
 
     def prepare(self, upload: Upload, explain: bool) -> Job:
         if explain:
@@ -187,7 +186,7 @@ class OnnxEngine(Engine):
         return super().prepare(upload, explain)
 
     def view(self, image: Image.Image) -> Any:
-        return eval_view(image, self.size, self.meta["mean"], self.meta["std"])
+        return eval_view(image, self.size, self.meta.mean, self.meta.std)
 
     def answer(self, jobs: Sequence[Job]) -> list[dict[str, Any]]:
         probs = self.model.batch_probs(np.stack([job.view for job in jobs]))  # type: ignore[attr-defined]

@@ -97,6 +97,7 @@ def write_untrained_checkpoint(
     import torch
 
     from carcli.checkpoint import save_checkpoint
+    from carcli.checkpoint_meta import CheckpointMeta
     from carcli.data.taxonomy import Taxonomy
     from carcli.models.registry import create_model
 
@@ -104,16 +105,16 @@ def write_untrained_checkpoint(
     taxonomy = Taxonomy.from_class_names(class_names)
     model = create_model("ghostnet", head, {task: len(names) for task, names in taxonomy.tasks.items()})
     train = {"arch": "ghostnet", "head": head, "img_size": img_size, "batch_size": 8, "workers": 0, "epochs": 1}
-    meta = {
-        "arch": "ghostnet",
-        "head": head,
-        "img_size": img_size,
-        "mean": list(mean),
-        "std": list(std),
-        "tasks": taxonomy.tasks,
-        "taxonomy": taxonomy.to_dict(),
-        "train": {**train, "val_fraction": 0.2, "seed": 0, "lr": 1e-3},
-    }
+    meta = CheckpointMeta(
+        arch="ghostnet",
+        head=head,
+        img_size=img_size,
+        mean=list(mean),
+        std=list(std),
+        tasks=taxonomy.tasks,
+        taxonomy=taxonomy,
+        train={**train, "val_fraction": 0.2, "seed": 0, "lr": 1e-3},
+    )
     save_checkpoint(path, model.state_dict(), meta)
     return path
 

@@ -12,6 +12,7 @@ from conftest import SMALL_CLASSES, write_untrained_checkpoint
 from carcli import inference as inference_module
 from carcli import train as train_module
 from carcli.checkpoint import load_checkpoint, read_metadata
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.data.layouts import load_dataset
 from carcli.data.taxonomy import Taxonomy
 from carcli.distill import load_teachers
@@ -98,8 +99,8 @@ def test_the_stored_evaluation_size_is_used_by_eval_and_predict(tiny_set, tmp_pa
     out = tmp_path / "run"
     train(tiny_config(tiny_set, out, eval_img_size=48, head="mtl"))
     meta = read_metadata(out / "best.st")
-    assert meta["img_size"] == 48 and meta["train_img_size"] == 32 and meta["train"]["eval_img_size"] == 48
-    fit = meta["hierarchy"]  # fitted on the validation split at the end of training
+    assert meta.img_size == 48 and meta.train_img_size == 32 and meta.train["eval_img_size"] == 48
+    fit = meta.hierarchy  # fitted on the validation split at the end of training
     assert set(fit["weights"]) == {"make", "type"} and fit["val_top1"] >= fit["val_plain_top1"]
 
     seen: list[int] = []
@@ -119,9 +120,9 @@ def test_the_stored_evaluation_size_is_used_by_eval_and_predict(tiny_set, tmp_pa
     report = result.report["hierarchy"]
     assert report["used"] and report["fitted"] and report["weights"] == fit["weights"]
     assert {"top1", "plain_top1", "heads_agree"} <= set(report)
-    fine = meta["tasks"]["model"].index(answers[0].top_k[0]["label"])
+    fine = meta.tasks["model"].index(answers[0].top_k[0]["label"])
     for task in ("make", "type"):
-        assert answers[0].coarse[task]["label"] == meta["tasks"][task][meta["taxonomy"]["fine_to"][task][fine]]
+        assert answers[0].coarse[task]["label"] == meta.tasks[task][meta.taxonomy.fine_to[task][fine]]
 
 
 # ---------------------------------------------------------------- distillation
@@ -132,7 +133,7 @@ def test_the_distillation_term_is_zero_when_student_and_teacher_are_the_same_mod
     path = write_untrained_checkpoint(tmp_path / "t.st", names, "mtl", 32, seed=1)
     other = write_untrained_checkpoint(tmp_path / "o.st", names, "mtl", 32, seed=2)
     student, meta = load_model(path)
-    teachers = load_teachers([str(path)], tasks_of(names), meta["mean"], meta["std"], torch.device("cpu"))
+    teachers = load_teachers([str(path)], tasks_of(names), meta.mean, meta.std, torch.device("cpu"))
     teachers.train()
     assert not teachers.training  # a teacher always runs in eval mode
     torch.manual_seed(0)
@@ -142,15 +143,15 @@ def test_the_distillation_term_is_zero_when_student_and_teacher_are_the_same_mod
     for temperature in (1.0, 4.0):
         assert teachers.loss(images, logits, temperature).item() == pytest.approx(0.0, abs=1e-5)
     assert set(teachers.probs(images, 2.0)) == set(logits) == {"model", "make", "type"}
-    different = load_teachers([str(other)], tasks_of(names), meta["mean"], meta["std"], torch.device("cpu"))
+    different = load_teachers([str(other)], tasks_of(names), meta.mean, meta.std, torch.device("cpu"))
     assert different.loss(images, logits, 2.0).item() > 1e-4
     # the student's normalisation is undone and the teacher's applied: same pixels, other mean/std -> still 0
     shifted = load_teachers([str(path)], tasks_of(names), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), torch.device("cpu"))
-    mean, std = torch.tensor(meta["mean"]).view(1, 3, 1, 1), torch.tensor(meta["std"]).view(1, 3, 1, 1)
+    mean, std = torch.tensor(meta.mean).view(1, 3, 1, 1), torch.tensor(meta.std).view(1, 3, 1, 1)
     restated = (images * std + mean - 0.5) / 0.25
     assert shifted.loss(restated, logits, 2.0).item() == pytest.approx(0.0, abs=1e-4)
     with pytest.raises(CarcliError, match="other classes"):
-        load_teachers([str(path)], tasks_of(SMALL_CLASSES[1:5]), meta["mean"], meta["std"], torch.device("cpu"))
+        load_teachers([str(path)], tasks_of(SMALL_CLASSES[1:5]), meta.mean, meta.std, torch.device("cpu"))
 
 
 @pytest.mark.slow
@@ -188,16 +189,17 @@ def test_prune_finetuning_distils_from_the_unpruned_model_unless_told_not_to(tin
 # ---------------------------------------------------------------- hierarchy-consistent answers
 
 
-def hierarchy_meta() -> dict:
+def hierarchy_meta() -> CheckpointMeta:
     taxonomy = Taxonomy.from_class_names(list(SMALL_CLASSES))
-    return {"tasks": taxonomy.tasks, "taxonomy": taxonomy.to_dict()}
+    norm = {"mean": [0.5] * 3, "std": [0.5] * 3}
+    return CheckpointMeta(arch="ghostnet", head="mtl", tasks=taxonomy.tasks, taxonomy=taxonomy, img_size=32, **norm)
 
 
 def test_hierarchy_consistent_answers_are_consistent_and_the_fit_uses_the_coarse_heads():
     meta = hierarchy_meta()
-    fine_to = meta["taxonomy"]["fine_to"]
+    fine_to = meta.taxonomy.fine_to
     torch.manual_seed(0)
-    probs = {task: torch.rand(200, len(names)).softmax(1) for task, names in meta["tasks"].items() if task != "year"}
+    probs = {task: torch.rand(200, len(names)).softmax(1) for task, names in meta.tasks.items() if task != "year"}
     plain = probs["model"].argmax(1)
     inconsistent = torch.tensor(fine_to["make"])[plain] != probs["make"].argmax(1)
     assert inconsistent.any()  # random heads disagree: the test means something
@@ -210,8 +212,8 @@ def test_hierarchy_consistent_answers_are_consistent_and_the_fit_uses_the_coarse
     targets = torch.tensor([0, 2] * 50)
     fine = torch.tensor([[0.30, 0.40, 0.30, 0.0, 0.0], [0.30, 0.40, 0.30, 0.0, 0.0]]).repeat(50, 1)
     make_of = torch.tensor(fine_to["make"])
-    make = torch.nn.functional.one_hot(make_of[targets], len(meta["tasks"]["make"])).float() * 0.9 + 0.05
-    type_ = torch.full((100, len(meta["tasks"]["type"])), 1.0 / len(meta["tasks"]["type"]))
+    make = torch.nn.functional.one_hot(make_of[targets], len(meta.tasks["make"])).float() * 0.9 + 0.05
+    type_ = torch.full((100, len(meta.tasks["type"])), 1.0 / len(meta.tasks["type"]))
     fit = fit_weights({"model": fine, "make": make, "type": type_}, targets, meta)
     assert fit["weights"]["make"] > 0 and fit["weights"]["type"] == 0  # a useless head gets no weight
     assert fit["val_top1"] > fit["val_plain_top1"]

@@ -4,11 +4,18 @@ modules (imports inside functions count), no function body over 60 lines, no mod
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "carcli"
@@ -109,6 +116,14 @@ def test_every_module_says_what_it_owns() -> None:
         if path.stat().st_size and not ast.get_docstring(ast.parse(path.read_text()))
     ]
     assert not silent, f"modules without a docstring: {silent}"
+
+
+def test_every_module_has_a_layer() -> None:
+    """A module left out of the layers contract would be free to import anything."""
+    contract = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    layered = {name for layer in contract["layers"] for name in re.split(r"[|:]", layer.replace(" ", ""))}
+    top_level = {name.split(".")[1] for name in MODULES if name.count(".") >= 1}
+    assert top_level - layered == set(), "add these to a layer in pyproject.toml"
 
 
 def test_the_layers_hold() -> None:

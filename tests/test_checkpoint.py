@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from carcli.checkpoint import read_metadata, save_checkpoint
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.errors import CarcliError
 from carcli.models.builder import load_model
 from carcli.models.registry import create_model
@@ -33,7 +34,7 @@ def _meta(**extra):
 def saved(tmp_path):
     model = create_model("timm:resnet18", "mtl", {t: len(n) for t, n in TASKS.items()}).eval()
     path = tmp_path / "m.st"
-    save_checkpoint(path, model.state_dict(), _meta(metrics={"best_epoch": 2}))
+    save_checkpoint(path, model.state_dict(), CheckpointMeta.from_dict(_meta(metrics={"best_epoch": 2})))
     return model, path
 
 
@@ -44,15 +45,15 @@ def test_round_trip_gives_the_same_predictions(saved):
     with torch.no_grad():
         a, b = model(x), loaded(x)
     assert all(torch.equal(a[t], b[t]) for t in a)
-    assert meta["tasks"] == TASKS and meta["metrics"] == {"best_epoch": 2}
-    assert meta["format"] == 1 and meta["version"]
+    assert meta.tasks == TASKS and meta.metrics == {"best_epoch": 2}
+    assert meta.format == 1 and meta.version
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     import safetensors.torch
 
     path = tmp_path / "m.st"
-    save_checkpoint(path, {"w": torch.ones(3)}, _meta())
+    save_checkpoint(path, {"w": torch.ones(3)}, CheckpointMeta.from_dict(_meta()))
     before = path.read_bytes()
 
     def crash(tensors, filename, metadata=None):
@@ -62,7 +63,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "save_file", crash)
     with pytest.raises(CarcliError, match=r"cannot write .*m\.st"):  # names the user's file, not the temp file
-        save_checkpoint(path, {"w": torch.zeros(3)}, _meta())
+        save_checkpoint(path, {"w": torch.zeros(3)}, CheckpointMeta.from_dict(_meta()))
     assert path.read_bytes() == before  # the old checkpoint is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.st"]  # no temp file left
 
@@ -102,7 +103,7 @@ def test_newer_format_and_missing_fields_are_refused(tmp_path):
 
 def test_tensors_that_do_not_match_the_described_model_are_refused(tmp_path):
     path = tmp_path / "wrong.st"
-    save_checkpoint(path, {"w": torch.ones(2)}, _meta())
+    save_checkpoint(path, {"w": torch.ones(2)}, CheckpointMeta.from_dict(_meta()))
     with pytest.raises(CarcliError, match="does not match"):
         load_model(path)
 
@@ -117,7 +118,7 @@ def test_metadata_that_disagrees_with_tensor_shapes_is_refused(saved, tmp_path):
     path = tmp_path / "lying.st"
     wrong_tasks = {"model": [*TASKS["model"], "extra Coupe 2003"], "make": TASKS["make"]}
     taxonomy = {"tasks": wrong_tasks, "fine_to": {"make": [0, 0, 1, 1]}}
-    save_checkpoint(path, model.state_dict(), _meta(tasks=wrong_tasks, taxonomy=taxonomy))
+    save_checkpoint(path, model.state_dict(), CheckpointMeta.from_dict(_meta(tasks=wrong_tasks, taxonomy=taxonomy)))
     with pytest.raises(CarcliError, match="shapes differ"):
         load_model(path)
 

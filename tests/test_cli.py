@@ -53,9 +53,9 @@ def test_train_writes_a_run_folder_with_a_loadable_checkpoint(real_folder_set, t
     assert config["head"] == "mtl" and config["epochs"] == 2 and config["img_size"] == 64
 
     model, meta = load_model(out / "best.st")
-    assert meta["arch"] == "ghostnet" and meta["img_size"] == 64
-    assert meta["tasks"]["make"] == ["Audi", "BMW", "Chevrolet"]
-    assert len(meta["tasks"]["model"]) == 5
+    assert meta.arch == "ghostnet" and meta.img_size == 64
+    assert meta.tasks["make"] == ["Audi", "BMW", "Chevrolet"]
+    assert len(meta.tasks["model"]) == 5
     with torch.no_grad():
         logits = model(torch.randn(1, 3, 64, 64))
     assert logits["model"].shape == (1, 5) and logits["make"].shape == (1, 3)
@@ -147,8 +147,8 @@ def test_readme_main_job_trains_on_the_demo_set(tmp_path):
     assert "demo" in proc.stdout
     [best] = list((tmp_path / "runs").glob("*/best.st"))
     _, meta = load_model(best)
-    classes = len(meta["tasks"]["model"])
-    assert meta["metrics"]["top1"]["model"] > 3 / classes  # far above chance
+    classes = len(meta.tasks["model"])
+    assert meta.metrics["top1"]["model"] > 3 / classes  # far above chance
 
 
 def test_pretrained_without_a_hub_points_to_weights(real_folder_set, tmp_path):

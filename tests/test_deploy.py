@@ -60,11 +60,11 @@ def test_onnx_eval_and_predict_answer_as_the_checkpoint(trained_checkpoint, onnx
 
 def test_the_exported_file_describes_itself(onnx_export, trained_checkpoint):
     meta = read_metadata(trained_checkpoint)
-    info = OnnxModel.load(onnx_export).meta
+    info = OnnxModel.load(onnx_export).info
     assert info["preprocess"]["resize"] == "shorter_side" and info["preprocess"]["crop"] == "centre"
     assert info["preprocess"]["crop_ratio"] == 1.0 and info["preprocess"]["crop_size"] == 64
-    assert info["tasks"] == meta["tasks"] and info["taxonomy"] == meta["taxonomy"]
-    assert info["mean"] == meta["mean"] and info["outputs"] == ["model", "make", "type", "year"]
+    assert info["tasks"] == meta.tasks and info["taxonomy"] == meta.taxonomy.to_dict()
+    assert info["mean"] == meta.mean and info["outputs"] == ["model", "make", "type", "year"]
     assert info["calibration"] == {"temperatures": {}, "applied_in_graph": False}
 
 
@@ -108,7 +108,7 @@ def test_int8_is_within_two_points_of_fp32(onnx_export, real_folder_set, tmp_pat
     assert report.bytes["int8"] < 0.5 * report.bytes["fp32"]
     for task, top1 in report.top1["fp32"].items():
         assert abs(report.top1["int8"][task] - top1) <= 0.02 + 1e-9, task
-    assert OnnxModel.load(tmp_path / "q.onnx").meta["outputs"] == ["model", "make", "type", "year"]
+    assert OnnxModel.load(tmp_path / "q.onnx").info["outputs"] == ["model", "make", "type", "year"]
 
 
 @pytest.mark.slow
@@ -143,7 +143,7 @@ def test_ensemble_and_pruned_checkpoints_export_to_onnx(untrained_members, real_
         a = predict(photos, tmp_path / f"{name}.st").predictions
         b = predict(photos, tmp_path / f"{name}.onnx").predictions
         assert [p.top_k[0]["label"] for p in a] == [p.top_k[0]["label"] for p in b], name
-    assert OnnxModel.load(tmp_path / "e.onnx").meta["output_kind"] == "log_probs"
+    assert OnnxModel.load(tmp_path / "e.onnx").info["output_kind"] == "log_probs"
 
 
 def test_temperature_scaling_lowers_ece_on_held_out_data():
@@ -174,7 +174,7 @@ def test_calibrate_stores_temperatures_that_predict_and_export_apply(trained_che
     assert set(calibration["temperatures"]) == {"model", "make", "type", "year"}
     assert report["tasks"]["model"]["ece"] == pytest.approx(calibration["ece_after"]["model"])
     assert trained_checkpoint.read_bytes() == before  # -o leaves the checkpoint alone
-    assert read_metadata(out)["calibration"]["temperatures"] == calibration["temperatures"]
+    assert read_metadata(out).calibration["temperatures"] == calibration["temperatures"]
     assert (tmp_path / "r" / "reliability.png").stat().st_size > 10_000
     photo = [str(_val_paths(real_folder_set)[0])]
     plain, tempered_answer = predict(photo, trained_checkpoint), predict(photo, out)

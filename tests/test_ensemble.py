@@ -41,8 +41,8 @@ def test_members_of_different_sizes_each_get_their_own_input(untrained_members, 
     a, _, c = untrained_members  # 64 px and 48 px
     result = build_ensemble([c, a], real_folder_set, "mean", tmp_path / "mixed.st")
     model, meta = load_model(tmp_path / "mixed.st")
-    assert meta["img_size"] == 64 and meta["mean"] == [0.0, 0.0, 0.0] and meta["std"] == [1.0, 1.0, 1.0]
-    assert [m["img_size"] for m in meta["members"]] == [48, 64]
+    assert meta.img_size == 64 and meta.mean == [0.0, 0.0, 0.0] and meta.std == [1.0, 1.0, 1.0]
+    assert [m.img_size for m in meta.members] == [48, 64]
     assert result.tasks == ["model", "make", "type", "year"]
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
@@ -76,15 +76,15 @@ def test_weighted_ensemble_file_holds_weights_that_sum_to_one(untrained_members,
     assert result.exit_code == 0, result.output
     assert "ensemble (weighted)" in result.output and "fitted on the same" in result.output
     meta = read_metadata(tmp_path / "w.st")
-    assert sum(meta["weights"]) == pytest.approx(1.0) and all(w > 0 for w in meta["weights"])
-    assert meta["ensemble"]["method"] == "weighted"
+    assert sum(meta.weights) == pytest.approx(1.0) and all(w > 0 for w in meta.weights)
+    assert meta.ensemble["method"] == "weighted"
 
 
 def test_greedy_leaves_unselected_members_out_of_the_file(untrained_members, real_folder_set, tmp_path):
     a = untrained_members[0]
     result = build_ensemble([a, a], real_folder_set, "greedy", tmp_path / "g.st")
     assert sorted(result.weights) == [0.0, 1.0]  # a tie: the first pick is kept, its twin never helps
-    assert len(read_metadata(tmp_path / "g.st")["members"]) == 1
+    assert len(read_metadata(tmp_path / "g.st").members) == 1
 
 
 def test_different_class_lists_are_refused(untrained_members, real_folder_set, tmp_path):
@@ -116,7 +116,7 @@ def test_a_channel_pruned_member_loads_inside_the_ensemble(untrained_members, re
     from carcli.models.pruned import apply_pruning, pruned_metadata
 
     model, meta = load_model(untrained_members[1])
-    apply_pruning(model, "channel", 0.5, meta["img_size"])
+    apply_pruning(model, "channel", 0.5, meta.img_size)
     save_checkpoint(tmp_path / "small.st", model.state_dict(), pruned_metadata(model, meta, "channel", 0.5))
     build_ensemble([untrained_members[1], tmp_path / "small.st"], real_folder_set, "mean", tmp_path / "e.st")
     ensemble, _ = load_model(tmp_path / "e.st")

@@ -15,12 +15,11 @@ import torch
 from conftest import SHARED, SMALL_CLASSES, need_real_photos, real_class_names, real_photos_by_class
 from PIL import Image
 
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.data.devkit import annotation_classes, score_submission
 from carcli.data.images import open_rgb
 from carcli.data.layouts import Sample, load_dataset
-from carcli.data.splits import align_labels
 from carcli.data.taxonomy import FINE, Taxonomy
-from carcli.data.transforms import view_transform
 from carcli.errors import CarcliError
 from carcli.evaluate import evaluate
 from carcli.inference import batch_probs, predict_samples
@@ -28,21 +27,22 @@ from carcli.metrics import confusion_matrix, most_confused, task_metrics, topk_a
 from carcli.models.builder import load_model
 from carcli.models.registry import create_model
 from carcli.plots import plot_confusion
+from carcli.splits import align_labels
 
 DEVKIT = SHARED / "data" / "stanford_cars_devkit"
 
 
-def _meta(class_names: list[str]) -> dict:
+def _meta(class_names: list[str]) -> CheckpointMeta:
     taxonomy = Taxonomy.from_class_names(class_names)
     norm = {"mean": [0.5] * 3, "std": [0.5] * 3}
-    return {"tasks": taxonomy.tasks, "taxonomy": taxonomy.to_dict(), "img_size": 32, **norm}
+    return CheckpointMeta(arch="ghostnet", head="mtl", tasks=taxonomy.tasks, taxonomy=taxonomy, img_size=32, **norm)
 
 
 def test_predictions_follow_the_checkpoint_class_order(real_folder_set):
     dataset = load_dataset(real_folder_set, 0.2, 0)
     ckpt_names = list(reversed(dataset.class_names))  # the checkpoint lists the same classes in another order
     meta = _meta(ckpt_names)
-    tasks = {task: len(names) for task, names in meta["tasks"].items()}
+    tasks = {task: len(names) for task, names in meta.tasks.items()}
     model = create_model("ghostnet", "mtl", tasks)
     samples = dataset.split("val")
     seen: list[int] = []
@@ -53,7 +53,7 @@ def test_predictions_follow_the_checkpoint_class_order(real_folder_set):
         assert torch.allclose(probs.sum(1), torch.ones(len(samples)), atol=1e-5)
     expected_fine = [ckpt_names.index(dataset.class_names[s.label]) for s in samples]
     assert preds.targets[FINE].tolist() == expected_fine
-    make_of = meta["taxonomy"]["fine_to"]["make"]
+    make_of = meta.taxonomy.fine_to["make"]
     assert preds.targets["make"].tolist() == [make_of[i] for i in expected_fine]
 
 
@@ -144,7 +144,7 @@ def test_eval_metrics_equal_a_recomputation_from_raw_predictions(eval_run, train
             precisions.append(precision)
             recalls.append(recall)
             f1s.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
-            name = meta["tasks"][task][c]
+            name = meta.tasks[task][c]
             assert expected["per_class"][name]["support"] == np.sum(t == c)
             assert expected["per_class"][name]["accuracy"] == pytest.approx(recall)
         assert expected["macro_precision"] == pytest.approx(np.mean(precisions))
@@ -153,7 +153,7 @@ def test_eval_metrics_equal_a_recomputation_from_raw_predictions(eval_run, train
         assert expected["loss"] == pytest.approx(-np.mean(np.log(p[np.arange(len(t)), t])), rel=1e-5)
     fine_pred = preds.probs["model"].argmax(1).numpy()
     for task in ("make", "type", "year"):
-        implied = np.array(meta["taxonomy"]["fine_to"][task])[fine_pred]
+        implied = np.array(meta.taxonomy.fine_to[task])[fine_pred]
         head = preds.probs[task].argmax(1).numpy()
         assert report["tasks"][task]["implied_top1"] == pytest.approx(np.mean(implied == preds.targets[task].numpy()))
         assert report["tasks"][task]["agreement"] == pytest.approx(np.mean(implied == head))
@@ -231,16 +231,16 @@ def test_a_head_less_task_is_the_fine_distribution_summed():
     fine = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
     probs, sources = with_implied_tasks({"model": fine}, meta)
     assert sources == {"model": "head", "make": "fine", "type": "fine"}
-    assert meta["tasks"]["make"] == ["Audi", "BMW"]
+    assert meta.tasks["make"] == ["Audi", "BMW"]
     assert np.allclose(probs["make"], [[0.5, 0.5], [0.9, 0.1]])
 
 
 def test_tta_averages_the_six_views_and_their_mirrors(trained_checkpoint, real_folder_set):
     model, meta = load_model(trained_checkpoint)
     img = open_rgb(next((real_folder_set / "val").rglob("*.jpg")))
-    views = view_transform(meta, tta=True)(img)
+    views = meta.view_transform(tta=True)(img)
     assert views.shape == (6, 3, 64, 64)
-    assert torch.equal(views[0], view_transform(meta)(img))
+    assert torch.equal(views[0], meta.view_transform()(img))
     with torch.no_grad():
         averaged = batch_probs(model, views[None])
         each = batch_probs(model, torch.cat([views, views.flip(-1)]))
@@ -318,7 +318,7 @@ def test_submission_has_the_devkit_class_of_annotation_m_on_line_m(trained_check
     fnames = [line.split(",")[0] for line in (devkit / "devkit" / "test_labels.csv").read_text().splitlines()[1:]]
     samples = [Sample(devkit / "cars_test" / f, 0, "test") for f in fnames]
     preds = predict_samples(model, meta, samples, dataset.class_names)
-    predicted_names = [meta["tasks"]["model"][i] for i in preds.probs["model"].argmax(1).tolist()]
+    predicted_names = [meta.tasks["model"][i] for i in preds.probs["model"].argmax(1).tolist()]
     assert lines == [dataset.class_names.index(name) + 1 for name in predicted_names]
     assert result.submission_top1 == pytest.approx(np.mean(np.array(lines) == np.array(labels)))
     assert result.submission_top1 == pytest.approx(result.report["tasks"]["model"]["top1"])

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.cli import app
 from carcli.data.layouts import Sample
 from carcli.data.taxonomy import Taxonomy
@@ -63,13 +64,15 @@ def test_two_pass_prediction_keeps_the_first_pass_and_averages(real_folder_set):
     # random mobilenetv2 weights: its answers depend on the pixels (an untrained ghostnet's barely do)
     names = sorted(p.name for p in (real_folder_set / "val").iterdir())
     taxonomy = Taxonomy.from_class_names(names)
-    meta = {
-        "img_size": 128,
-        "mean": [0.5] * 3,
-        "std": [0.25] * 3,
-        "tasks": taxonomy.tasks,
-        "taxonomy": taxonomy.to_dict(),
-    }
+    meta = CheckpointMeta(
+        arch="mobilenetv2",
+        head="mtl",
+        img_size=128,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        tasks=taxonomy.tasks,
+        taxonomy=taxonomy,
+    )
     torch.manual_seed(0)
     model = create_model("mobilenetv2", "mtl", {task: len(n) for task, n in taxonomy.tasks.items()}).eval()
     samples = [Sample(p, 0, "val") for p in sorted((real_folder_set / "val").rglob("*.jpg"))[::3]]

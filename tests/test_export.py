@@ -19,7 +19,7 @@ runner = CliRunner()
 
 def _reference(checkpoint, batch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model, meta = load_model(checkpoint)
-    images = torch.randn(batch, 3, meta["img_size"], meta["img_size"], generator=torch.Generator().manual_seed(7))
+    images = torch.randn(batch, 3, meta.img_size, meta.img_size, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         return images, model(images)
 

@@ -17,6 +17,8 @@ from conftest import real_photos_by_class
 from hostile import DELETE, fails, snapshot, tamper
 
 from carcli.checkpoint import save_checkpoint
+from carcli.checkpoint_meta import CheckpointMeta
+from carcli.data.taxonomy import Taxonomy
 from carcli.errors import CarcliError, fault, one_line
 from carcli.files import remove_stale_temps, write_text
 
@@ -206,11 +208,18 @@ def test_a_full_disk_during_predict_csv_keeps_the_previous_table(model, photo, t
     assert snapshot(tmp_path / "out") == before  # the old table, and no temporary file
 
 
+def _tiny_meta() -> CheckpointMeta:
+    taxonomy = Taxonomy({"model": ["x"]})
+    return CheckpointMeta(
+        arch="x", head="linear", img_size=32, mean=[0] * 3, std=[1] * 3, tasks=taxonomy.tasks, taxonomy=taxonomy
+    )
+
+
 def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     import safetensors.torch
 
     path = tmp_path / "last.st"
-    save_checkpoint(path, {"w": torch.ones(3)}, {"arch": "x"})
+    save_checkpoint(path, {"w": torch.ones(3)}, _tiny_meta())
     before = snapshot(tmp_path)
 
     def full(tensors, filename, metadata=None):
@@ -219,7 +228,7 @@ def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path,
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     with pytest.raises(CarcliError, match=r"last\.st: no space left on the device; the previous last\.st"):
-        save_checkpoint(path, {"w": torch.zeros(3)}, {"arch": "x"})
+        save_checkpoint(path, {"w": torch.zeros(3)}, _tiny_meta())
     assert snapshot(tmp_path) == before
 
 

@@ -71,17 +71,17 @@ def test_predict_json_lines_on_a_folder_with_bad_files(mixed_folder, trained_che
     model, meta = load_model(trained_checkpoint)
     paths = [Path(a["image"]) for a in answers]
     probs = sample_probs(model, meta, [Sample(p, 0, "test") for p in paths])
-    years = [int(y) for y in meta["tasks"]["year"]]
+    years = [int(y) for y in meta.tasks["year"]]
     for row, answer in enumerate(answers):
         assert list(answer) == JSON_KEYS
         assert len(answer["top_k"]) == 3
         scores = [item["score"] for item in answer["top_k"]]
         assert scores == sorted(scores, reverse=True)
         best = int(probs["model"][row].argmax())
-        assert answer["top_k"][0]["label"] == meta["tasks"]["model"][best]
+        assert answer["top_k"][0]["label"] == meta.tasks["model"][best]
         assert scores[0] == pytest.approx(float(probs["model"][row, best]), abs=1e-5)
         for task in ("make", "type", "year"):
-            assert answer[task]["label"] == meta["tasks"][task][int(probs[task][row].argmax())]
+            assert answer[task]["label"] == meta.tasks[task][int(probs[task][row].argmax())]
         expected = sum(p * y for p, y in zip(probs["year"][row].tolist(), years, strict=True))
         assert answer["year"]["expected"] == pytest.approx(expected, abs=0.01)
         assert answer["modernity"] == pytest.approx((expected - min(years)) / (max(years) - min(years)), abs=1e-3)
@@ -106,7 +106,7 @@ def test_predict_table_names_the_newest_run_checkpoint(trained_checkpoint, mixed
     assert f"using the newest checkpoint: {newer}" in result.stderr
     _, meta = load_model(trained_checkpoint)
     assert str(photo) in result.stdout and "modernity" in result.stdout
-    assert any(name in result.stdout for name in meta["tasks"]["model"])
+    assert any(name in result.stdout for name in meta.tasks["model"])
 
 
 def test_plain_class_names_give_null_coarse_answers(tmp_path, mixed_folder):
@@ -125,8 +125,8 @@ def test_a_linear_car_checkpoint_answers_make_from_the_fine_classes(tmp_path, mi
     answer = json.loads(result.stdout)
     model, meta = load_model(ckpt)
     fine = sample_probs(model, meta, [Sample(Path(answer["image"]), 0, "test")])["model"][0]
-    make_of = meta["taxonomy"]["fine_to"]["make"]
-    makes = range(len(meta["tasks"]["make"]))
+    make_of = meta.taxonomy.fine_to["make"]
+    makes = range(len(meta.tasks["make"]))
     summed = [sum(float(fine[i]) for i in range(len(names)) if make_of[i] == m) for m in makes]
     assert answer["make"]["score"] == pytest.approx(max(summed), abs=1e-5)
     assert 0 <= answer["modernity"] <= 1

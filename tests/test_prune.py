@@ -27,13 +27,13 @@ def _outputs(model: torch.nn.Module, size: int) -> dict[str, torch.Tensor]:
 def test_magnitude_sparsity_equals_the_rate_and_survives_saving(untrained_members, tmp_path, rate):
     model, meta = load_model(untrained_members[0])
     assert weight_sparsity(model) < 0.01
-    apply_pruning(model, "magnitude", rate, meta["img_size"])
+    apply_pruning(model, "magnitude", rate, meta.img_size)
     assert weight_sparsity(model) == pytest.approx(rate, abs=0.01)
     assert not any(name.endswith("_orig") for name, _ in model.named_parameters())  # made permanent
     save_checkpoint(tmp_path / "m.st", model.state_dict(), pruned_metadata(model, meta, "magnitude", rate))
     reloaded, reloaded_meta = load_model(tmp_path / "m.st")
     assert weight_sparsity(reloaded) == pytest.approx(rate, abs=0.01)
-    assert reloaded_meta["pruned"]["method"] == "magnitude" and "structure" not in reloaded_meta["pruned"]
+    assert reloaded_meta.pruned["method"] == "magnitude" and "structure" not in reloaded_meta.pruned
 
 
 def test_masks_fold_into_plain_weights():
@@ -48,12 +48,12 @@ def test_masks_fold_into_plain_weights():
 def test_channel_pruning_shrinks_the_model_and_reloads_through_load_model(untrained_members, tmp_path):
     model, meta = load_model(untrained_members[0])
     before = count_parameters(model)[0]
-    apply_pruning(model, "channel", 0.4, meta["img_size"])
+    apply_pruning(model, "channel", 0.4, meta.img_size)
     after = count_parameters(model)[0]
     assert after < 0.6 * before
     expected = _outputs(model, 64)
     pruned_meta = pruned_metadata(model, meta, "channel", 0.4)
-    assert pruned_meta["pruned"]["structure"]  # new channel counts recorded
+    assert pruned_meta.pruned["structure"]  # new channel counts recorded
     save_checkpoint(tmp_path / "c.st", model.state_dict(), pruned_meta)
     reloaded, _ = load_model(tmp_path / "c.st")
     assert count_parameters(reloaded)[0] == after
@@ -123,7 +123,7 @@ def test_finetuning_keeps_the_pruned_shape(untrained_members, real_folder_set, t
     assert "before" in result.output and "after" in result.output and "model top-1" in result.output
     assert (tmp_path / "ft-finetune" / "metrics.jsonl").exists()
     model, meta = load_model(out)
-    assert meta["pruned"]["method"] == method and meta["train"]["epochs"] == 1
+    assert meta.pruned["method"] == method and meta.train["epochs"] == 1
     state, _ = load_checkpoint(tmp_path / "ft-finetune" / "last.st")
     assert not any(key.endswith("_mask") for key in state)  # the run folder's files load like any checkpoint
     if method == "magnitude":  # training could not regrow the pruned weights

@@ -227,8 +227,8 @@ def test_run_writes_csv_curves_and_records_the_recipe(tiny_set, tmp_path):
     with Image.open(run / "curves.png") as img:
         assert img.size[0] > 500 and np.asarray(img.convert("L")).std() > 5
     _, meta = load_model(run / "best.st")
-    assert {k: meta["train"][k] for k in options} == options
-    assert meta["train"]["mixup"] == PRESETS["strong"].mixup and meta["train"]["crop_scale"] == 0.25
+    assert {k: meta.train[k] for k in options} == options
+    assert meta.train["mixup"] == PRESETS["strong"].mixup and meta.train["crop_scale"] == 0.25
     assert result.records[-1]["epoch"] == 2 and math.isfinite(result.records[-1]["train_loss"])
 
 
@@ -250,7 +250,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_set,
     with pytest.raises(CarcliError, match="not finite"):
         train(train_module.resume_config(run, {"epochs": 2}), resume=True)
     _, meta = load_model(run / "last.st")
-    assert meta["metrics"]["epoch"] == 1
+    assert meta.metrics["epoch"] == 1
 
 
 # ---------------------------------------------------------------- precision
@@ -270,7 +270,7 @@ def test_precision_sets_the_autocast_dtype_on_cpu(tiny_set, tmp_path, precision,
     train(tiny_config(tiny_set, run, precision=precision), model=model)
     assert dtypes and set(dtypes) == {dtype}  # training and validation steps alike
     saved, meta = load_model(run / "best.st")
-    assert meta["train"]["precision"] == precision
+    assert meta.train["precision"] == precision
     assert all(t.dtype == torch.float32 for t in saved.state_dict().values() if t.is_floating_point())
 
 
@@ -351,7 +351,7 @@ def test_compiled_training_writes_plain_loadable_checkpoints(tiny_set, tmp_path)
     train(tiny_config(tiny_set, run, arch="timm:resnet10t", compile="on"), model=model)
     assert counters["stats"]["unique_graphs"] > 0  # the model really went through torch.compile
     saved, meta = load_model(run / "best.st")
-    assert meta["train"]["compile"] == "on"
+    assert meta.train["compile"] == "on"
     trained = model.state_dict()
     assert saved.state_dict().keys() == trained.keys()  # no torch.compile prefixes in the file
     for key, tensor in saved.state_dict().items():

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from carcli.data.devkit import (
     DEVKIT_TEST_ANNOS,
@@ -22,7 +21,6 @@ from carcli.data.devkit import (
     score_submission,
 )
 from carcli.data.layouts import DataSet, Sample, locate
-from carcli.data.taxonomy import FINE
 from carcli.errors import CarcliError, UsageError
 from carcli.files import write_text
 
@@ -51,22 +49,22 @@ class SubmissionPlan:
     annotated: list[Path]
     truth: list[int]
 
-    def write(self, dataset: DataSet, paths: Sequence[Path], fine_pred: Sequence[int], meta: dict[str, Any]) -> float:
-        """Line M = the predicted 1-based devkit class of annotation M; returns the file's score."""
+    def write(self, dataset: DataSet, paths: Sequence[Path], fine_pred: Sequence[int], names: Sequence[str]) -> float:
+        """Line M = the predicted 1-based devkit class of annotation M (`names`: the model's fine classes);
+        returns the file's score."""
         by_path = dict(zip(paths, fine_pred, strict=True))
         devkit_class = {name: i + 1 for i, name in enumerate(dataset.class_names)}
-        names = meta["tasks"][FINE]
         write_text(self.path, "".join(f"{devkit_class[names[by_path[p]]]}\n" for p in self.annotated))
         return score_submission(self.path, self.truth)
 
 
 def plan_submission(
-    path: Path, dataset: DataSet, split: str, samples: Sequence[Sample], meta: dict[str, Any]
+    path: Path, dataset: DataSet, split: str, samples: Sequence[Sample], names: Sequence[str]
 ) -> SubmissionPlan:
     """Check, before any prediction, that `samples` cover every annotation of the split's devkit file
-    and that every class the checkpoint can predict has a devkit class number."""
+    and that every fine class the checkpoint can predict (`names`) has a devkit class number."""
     source, annotated, truth = split_annotations(dataset, split)
-    foreign = set(meta["tasks"][FINE]) - set(dataset.class_names)
+    foreign = set(names) - set(dataset.class_names)
     if foreign:
         raise CarcliError(f"--submission: the checkpoint predicts {len(foreign)} classes the devkit does not number")
     have = {s.path for s in samples}

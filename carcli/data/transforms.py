@@ -112,16 +112,17 @@ def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float]) -
     return v2.Compose([*_centre_square(img_size), *_to_tensor(mean, std)])
 
 
-def view_transform(meta: dict[str, Any], tta: bool = False) -> Callable[[Any], Tensor]:
-    """The checkpoint's eval preprocessing; with `tta`, a (6, 3, S, S) stack of views (mirrors are added later).
+def view_transform(
+    size: int, mean: Sequence[float], std: Sequence[float], tta: bool = False
+) -> Callable[[Any], Tensor]:
+    """A model's eval preprocessing at `size`; with `tta`, a (6, 3, S, S) stack of views (mirrors are added later).
 
     The views are the whole image and the four corner and centre crops of a resize to S / 0.875.
     """
-    size = int(meta["img_size"])
-    plain = eval_transform(size, meta["mean"], meta["std"])
+    plain = eval_transform(size, mean, std)
     if not tta:
         return plain
-    larger = eval_transform(round(size / TTA_CROP), meta["mean"], meta["std"])
+    larger = eval_transform(round(size / TTA_CROP), mean, std)
     five = v2.FiveCrop(size)
     return lambda img: torch.stack([plain(img), *five(larger(img))])
 

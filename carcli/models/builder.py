@@ -5,18 +5,18 @@ built with `carcli.models.registry` and loaded with the checkpoint's tensors.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from torch import Tensor, nn
 
 from carcli.checkpoint import load_checkpoint
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.errors import CarcliError
 from carcli.models.ensemble import EnsembleModel
 from carcli.models.pruned import rebuild_structure
 from carcli.models.registry import create_model
 
 
-def load_model(path: Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_model(path: Path, device: str = "cpu") -> tuple[nn.Module, CheckpointMeta]:
     """Rebuild the model a checkpoint describes and load its weights (eval mode).
 
     Plain, pruned and ensemble checkpoints all come back as a module that maps a batch of images,
@@ -26,19 +26,18 @@ def load_model(path: Path, device: str = "cpu") -> tuple[nn.Module, dict[str, An
     return build_model(meta, state, str(path)).to(device).eval(), meta
 
 
-def build_model(meta: dict[str, Any], state: dict[str, Tensor], source: str) -> nn.Module:
+def build_model(meta: CheckpointMeta, state: dict[str, Tensor], source: str) -> nn.Module:
     """The model `meta` describes with the tensors of `state` loaded; `source` names it in errors.
 
     A channel-pruned model (metadata `pruned.structure`) is reshaped before loading; an ensemble
     (metadata `members`, `weights`) is built from its members, whose tensors carry `member{i}.` prefixes.
     """
-    if "members" in meta:
-        return _build_ensemble(meta, state, source)
-    tasks = {task: len(names) for task, names in meta["tasks"].items()}
-    model = create_model(meta["arch"], meta["head"], tasks)
-    if "pruned" in meta:
-        rebuild_structure(model, meta["pruned"].get("structure", {}), state)
-    mismatch = f"{source} does not match the model it describes ({meta['arch']}, head {meta['head']})"
+    if meta.members is not None:
+        return _build_ensemble(meta.members, meta.weights or [], state, source)
+    model = create_model(meta.arch, meta.head, meta.class_counts)
+    if meta.pruned is not None:
+        rebuild_structure(model, meta.pruned.get("structure", {}), state)
+    mismatch = f"{source} does not match the model it describes ({meta.arch}, head {meta.head})"
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # tensor shapes disagree with the task sizes in the metadata
@@ -48,8 +47,9 @@ def build_model(meta: dict[str, Any], state: dict[str, Tensor], source: str) -> 
     return model
 
 
-def _build_ensemble(meta: dict[str, Any], state: dict[str, Tensor], source: str) -> nn.Module:
-    members_meta, weights = meta["members"], meta.get("weights", [])
+def _build_ensemble(
+    members_meta: list[CheckpointMeta], weights: list[float], state: dict[str, Tensor], source: str
+) -> nn.Module:
     if not members_meta or len(weights) != len(members_meta):
         raise CarcliError(f"{source}: ensemble metadata needs as many weights as members")
     prefixes = [f"member{i}." for i in range(len(members_meta))]

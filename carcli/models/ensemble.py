@@ -10,11 +10,12 @@ every consumer (eval, predict, export) treats it like a plain model.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from carcli.checkpoint_meta import CheckpointMeta
 
 EPS = 1e-12  # probabilities are clamped to this before their log
 
@@ -28,15 +29,15 @@ def predicted_tasks(model: nn.Module) -> list[str]:
 class EnsembleModel(nn.Module):
     """Members with their own input size and normalisation; returns {task: log of weighted mean probability}."""
 
-    def __init__(self, members: Sequence[nn.Module], metas: Sequence[dict[str, Any]], weights: Sequence[float]) -> None:
+    def __init__(self, members: Sequence[nn.Module], metas: Sequence[CheckpointMeta], weights: Sequence[float]) -> None:
         super().__init__()
         member_tasks = [predicted_tasks(m) for m in members]
         self.tasks = [t for t in member_tasks[0] if all(t in tasks for tasks in member_tasks)]
-        self.sizes = [int(meta["img_size"]) for meta in metas]
+        self.sizes = [meta.img_size for meta in metas]
         for i, (member, meta) in enumerate(zip(members, metas, strict=True)):
             self.add_module(f"member{i}", member)
-            self.register_buffer(f"mean{i}", torch.tensor(meta["mean"], dtype=torch.float32).view(1, 3, 1, 1), False)
-            self.register_buffer(f"std{i}", torch.tensor(meta["std"], dtype=torch.float32).view(1, 3, 1, 1), False)
+            self.register_buffer(f"mean{i}", torch.tensor(meta.mean, dtype=torch.float32).view(1, 3, 1, 1), False)
+            self.register_buffer(f"std{i}", torch.tensor(meta.std, dtype=torch.float32).view(1, 3, 1, 1), False)
         self.register_buffer("weights", torch.tensor(list(weights), dtype=torch.float32), False)
 
     def member_inputs(self, images: Tensor, i: int) -> Tensor:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.models.registry import create_model
 
 # ---------------------------------------------------------------- pruning a model in place
@@ -77,13 +78,13 @@ def apply_pruning(model: nn.Module, method: str, rate: float, img_size: int, per
         channel_prune(model, rate, img_size)
 
 
-def pruned_metadata(model: nn.Module, meta: dict[str, Any], method: str, rate: float) -> dict[str, Any]:
+def pruned_metadata(model: nn.Module, meta: CheckpointMeta, method: str, rate: float) -> CheckpointMeta:
     """`meta` with the `pruned` entry that load_model needs to rebuild the pruned `model`."""
     pruned: dict[str, Any] = {"method": method, "rate": rate, "sparsity": weight_sparsity(model)}
     structure = structure_of(model, meta)
     if structure:
         pruned["structure"] = structure
-    return {**meta, "pruned": pruned}
+    return meta.replace(pruned=pruned)
 
 
 # ---------------------------------------------------------------- storing the new shapes
@@ -98,11 +99,10 @@ def _attributes(module: nn.Module) -> dict[str, Any]:
     return {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training" and _shape_like(v)}
 
 
-def structure_of(model: nn.Module, meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def structure_of(model: nn.Module, meta: CheckpointMeta) -> dict[str, dict[str, Any]]:
     """{module name: {attribute: value}} where `model` differs from a fresh model of its architecture."""
-    tasks = {task: len(names) for task, names in meta["tasks"].items()}
     with torch.device("meta"):
-        fresh = dict(create_model(meta["arch"], meta["head"], tasks).named_modules())
+        fresh = dict(create_model(meta.arch, meta.head, meta.class_counts).named_modules())
     structure: dict[str, dict[str, Any]] = {}
     for name, module in model.named_modules():
         before = _attributes(fresh[name])

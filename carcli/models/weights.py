@@ -114,15 +114,15 @@ def init_from_checkpoint(
     from carcli.models.heads import CarcliModel, create_head
 
     state, meta = load_checkpoint(path)
-    if "members" in meta:
+    if meta.is_ensemble:
         raise CarcliError(f"--init {path}: an ensemble has no single backbone to start from; pass one member")
     trained = build_model(meta, state, str(path))
-    if meta["head"] == head and meta["tasks"] == tasks:
+    if meta.head == head and meta.tasks == tasks:
         trained.head.dropout.p = drop_rate
         return trained, f"--init: backbone and {head} head from {path} ({len(tasks[FINE])} classes agree)"
     fine = trained.head.classifier(FINE)
-    features = fine.in_features - sum(len(meta["tasks"][t]) for t in trained.head.priors)
+    features = fine.in_features - sum(meta.class_counts[t] for t in trained.head.priors)
     sizes = {task: len(names) for task, names in tasks.items()}
     model = CarcliModel(trained.backbone, create_head(head, features, sizes, drop_rate))
-    why = "head" if meta["tasks"] == tasks else "classes"
+    why = "head" if meta.tasks == tasks else "classes"
     return model, f"--init: backbone from {path}, a new {head} head (the {why} differ from the checkpoint's)"

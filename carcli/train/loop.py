@@ -82,7 +82,7 @@ def train(
     """Run one training job as `config` says; returns the best metrics and where the files are.
 
     `model` continues training a model built elsewhere (a pruned one, say) instead of building
-    `config.arch`; `extra_meta` joins the checkpoint metadata so such a model can be rebuilt.
+    `config.arch`; `extra_meta` (CheckpointMeta fields) joins the checkpoint metadata so such a model can be rebuilt.
     `resume` continues the run in `config.out` from its `state.st` (see `resume_config`).
     """
     started = time.perf_counter()
@@ -122,15 +122,15 @@ def _train(
     splits = readable_splits(dataset, run_dir, reporter, ddp, config.val_fraction == 0)
     feed = build_feed(config, splits, spec, device, reporter, ddp)
     ctx = _step_context(config, runtime, model, feed, taxonomy, splits[0], teachers, reporter, ddp, state)
-    meta = {**metadata_base(config, spec.mean, spec.std, image_sizes(config, spec), taxonomy, dataset),
-            **(extra_meta or {})}  # fmt: skip
+    meta = metadata_base(config, spec.mean, spec.std, image_sizes(config, spec), taxonomy, dataset)
+    meta = meta.replace(**(extra_meta or {}))
     files = RunFiles(run_dir, meta, previous_records(run_dir, ctx.progress.epoch) if resume else [])
     if ddp.main:
         facts = {
             **run_info(device, runtime.precision, parameters, dataset, ddp),
             **teacher_sums(config, run_dir, resume),
         }
-        write_json(run_dir / "config.json", {**meta["train"], "run": facts})
+        write_json(run_dir / "config.json", {**(meta.train or {}), "run": facts})
     reporter.info(_announcement(ctx, spec, parameters, splits, dataset.eval_split, run_dir, resume))
     files.writer = tensorboard_writer(run_dir, config, ddp)
     stopped_early = _run_epochs(ctx, files, validating=bool(splits[1]))

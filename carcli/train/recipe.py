@@ -62,7 +62,7 @@ def resolve_defaults(config: TrainConfig, dataset: DataSet, device: torch.device
     """Fill unset options: the demo set recommends its own size and schedule; others use general defaults."""
     is_demo = config.data is None
     if config.init:  # a later stage of a trained model: its architecture
-        config.arch = read_metadata(Path(config.init))["arch"]
+        config.arch = read_metadata(Path(config.init)).arch
     if config.img_size is None and is_demo:
         config.img_size = demo.DEMO_IMG_SIZE
     if config.img_size is None:

@@ -19,6 +19,7 @@ from torch import nn
 
 from carcli import __version__
 from carcli.checkpoint import save_checkpoint
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.config import apply_options
 from carcli.data.layouts import DataSet
 from carcli.data.taxonomy import FINE, Taxonomy
@@ -42,7 +43,7 @@ class RunFiles:
     the TensorBoard writer (None without --tensorboard)."""
 
     run_dir: Path
-    meta: dict[str, Any]
+    meta: CheckpointMeta
     records: list[dict[str, Any]]
     writer: Any = None
 
@@ -61,9 +62,9 @@ class RunFiles:
             "best_top1": progress.best_top1,
         }
         state = model.state_dict()
-        save_checkpoint(self.run_dir / "last.st", state, {**self.meta, "metrics": metrics})
+        save_checkpoint(self.run_dir / "last.st", state, self.meta.replace(metrics=metrics))
         if progress.best_epoch == record["epoch"]:
-            save_checkpoint(self.run_dir / "best.st", state, {**self.meta, "metrics": metrics})
+            save_checkpoint(self.run_dir / "best.st", state, self.meta.replace(metrics=metrics))
         if self.writer is not None:
             for name, value in flat_record(record).items():  # as train/loss, val/top1/model
                 if name != "epoch" and value is not None:
@@ -117,21 +118,21 @@ def tensorboard_writer(run_dir: Path, config: TrainConfig, ddp: Dist) -> Any:
 def metadata_base(
     config: TrainConfig, mean: tuple[float, ...], std: tuple[float, ...], sizes: tuple[int, int], taxonomy: Taxonomy,
     dataset: DataSet,
-) -> dict[str, Any]:  # fmt: skip
+) -> CheckpointMeta:  # fmt: skip
     """The metadata every checkpoint of the run carries (the epoch's metrics join it)."""
-    return {
-        "arch": config.arch,
-        "head": config.head,
-        "img_size": sizes[1],  # what eval, predict and export feed the model
-        "train_img_size": sizes[0],
-        "mean": list(mean),
-        "std": list(std),
-        "tasks": taxonomy.tasks,
-        "taxonomy": taxonomy.to_dict(),
-        "train": asdict(config),
-        "data": {"root": str(dataset.root), "layout": dataset.layout, "eval_split": dataset.eval_split},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    return CheckpointMeta(
+        arch=config.arch,
+        head=config.head,
+        img_size=sizes[1],  # what eval, predict and export feed the model
+        train_img_size=sizes[0],
+        mean=list(mean),
+        std=list(std),
+        tasks=taxonomy.tasks,
+        taxonomy=taxonomy,
+        train=asdict(config),
+        data={"root": str(dataset.root), "layout": dataset.layout, "eval_split": dataset.eval_split},
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 def run_info(device: torch.device, precision: str, parameters: int, dataset: DataSet, ddp: Dist) -> dict[str, Any]:

@@ -244,7 +244,7 @@ def fit_hierarchy(run_dir: Path, ctx: StepContext) -> dict[str, Any] | None:
     fit = fit_weights({task: torch.cat(parts) for task, parts in chunks.items()}, labels, meta)
     for name in ("best.st", "last.st") if fit else ():
         state, saved = load_checkpoint(run_dir / name)
-        save_checkpoint(run_dir / name, state, {**saved, "hierarchy": fit})
+        save_checkpoint(run_dir / name, state, saved.replace(hierarchy=fit))
     return fit
 
 

@@ -9,21 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from carcli.checkpoint_meta import CheckpointMeta
 from carcli.data.layouts import DataSet, Sample, load_dataset
-from carcli.data.taxonomy import FINE, Taxonomy
+from carcli.data.taxonomy import FINE
 from carcli.errors import CarcliError
 
 EVAL_SPLITS = ("val", "test")  # the held-out splits; `all` (every labelled image) is asked for by name
 
 
-def split_samples(meta: dict[str, Any], data: Path, split: str | None) -> tuple[DataSet, list[Sample], str]:
+def split_samples(meta: CheckpointMeta, data: Path, split: str | None) -> tuple[DataSet, list[Sample], str]:
     """The data set read as the checkpoint's training run read it (same val share and seed), and a split of it."""
-    train = meta.get("train") or {}
-    dataset = load_dataset(Path(data), float(train.get("val_fraction", 0.2)), int(train.get("seed", 0)))
+    dataset = load_dataset(Path(data), float(meta.train_option("val_fraction", 0.2)), int(meta.train_option("seed", 0)))
     name = split or dataset.eval_split
     if name == "all":
         return dataset, list(dataset.samples), name
@@ -36,9 +35,9 @@ def split_samples(meta: dict[str, Any], data: Path, split: str | None) -> tuple[
     return dataset, samples, name
 
 
-def align_labels(class_names: Sequence[str], meta: dict[str, Any]) -> list[int]:
+def align_labels(class_names: Sequence[str], meta: CheckpointMeta) -> list[int]:
     """For each data-set class, its index among the checkpoint's fine classes; unknown classes are an error."""
-    known = {name: i for i, name in enumerate(meta["tasks"][FINE])}
+    known = {name: i for i, name in enumerate(meta.fine_names)}
     unknown = [name for name in class_names if name not in known]
     if unknown:
         raise CarcliError(
@@ -49,11 +48,11 @@ def align_labels(class_names: Sequence[str], meta: dict[str, Any]) -> list[int]:
 
 
 def sample_targets(
-    samples: Sequence[Sample], to_fine: np.ndarray, meta: dict[str, Any], tasks: Sequence[str]
+    samples: Sequence[Sample], to_fine: np.ndarray, meta: CheckpointMeta, tasks: Sequence[str]
 ) -> dict[str, np.ndarray]:
     """The true class of every sample in each of `tasks`, from its data-set label."""
     labels = np.asarray([s.label for s in samples], dtype=np.int64)
     fine = np.asarray(to_fine, dtype=np.int64)[labels]
-    fine_to = Taxonomy.from_dict(meta["taxonomy"]).fine_to
+    fine_to = meta.taxonomy.fine_to
     targets = {FINE: fine, **{task: np.asarray(index, dtype=np.int64)[fine] for task, index in fine_to.items()}}
     return {task: targets[task] for task in tasks}
