@@ -11,7 +11,6 @@ from typing import Any
 
 from carcli.data.fetch.devkit import split_folder, write_provisional
 from carcli.data.fetch.parquet import assemble_parquet
-from carcli.data.fetch.progress import Reporter
 from carcli.data.fetch.sources import Survey, gather, visible
 from carcli.data.layouts import (
     DEVKIT_META,
@@ -25,6 +24,7 @@ from carcli.data.layouts import (
     read_class_names,
 )
 from carcli.errors import CarcliError
+from carcli.progress import Reporter
 
 
 def _place(folder: Path, dest: Path, staging: Path) -> None:
