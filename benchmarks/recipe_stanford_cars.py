@@ -37,7 +37,8 @@ from carcli.hierarchy import consistent_probs, fit_weights
 from carcli.inference import predict_samples
 from carcli.metrics import top1_per_task, topk_accuracy
 from carcli.models.builder import load_model
-from carcli.train import SilentReporter, TrainConfig, train
+from carcli.progress import Event, SilentReporter
+from carcli.train import EpochEnd, TrainConfig, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "stanford_cars"
 COMMON: dict[str, Any] = {
@@ -124,7 +125,10 @@ class EpochLines(SilentReporter):
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def epoch_end(self, record: dict[str, Any]) -> None:
+    def progress(self, event: Event) -> None:
+        if not isinstance(event, EpochEnd):
+            return
+        record = event.record
         tasks = " ".join(f"{t} {100 * v:.1f}%" for t, v in record["val_top1"].items())
         print(f"[{self.name}] epoch {record['epoch']}: {tasks} ({record['seconds']:.0f} s)", flush=True)
 

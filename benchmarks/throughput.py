@@ -41,7 +41,8 @@ from carcli.data.layouts import load_dataset
 from carcli.data.packed import PackedDataset, load_or_build, store_side
 from carcli.data.transforms import Augment
 from carcli.models.registry import get_arch
-from carcli.train import SilentReporter, TrainConfig, train
+from carcli.progress import Event, SilentReporter
+from carcli.train import Step, TrainConfig, train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "stanford_cars"
 ARCHS = ("ghostnet", "resnet34", "efficientnet_lite0")
@@ -123,8 +124,9 @@ class StepTimes(SilentReporter):
     def __init__(self) -> None:
         self.times: list[float] = []
 
-    def step(self, stats: dict[str, float]) -> None:
-        self.times.append(time.perf_counter())
+    def progress(self, event: Event) -> None:
+        if isinstance(event, Step):
+            self.times.append(time.perf_counter())
 
     def images_per_s(self, batch: int, warmup: int = 2) -> float:
         steps = len(self.times) - warmup

@@ -134,7 +134,7 @@ def train(
         raise UsageError("--resume continues a run with its saved configuration; --config cannot change it")
     if not resume:
         run_config = make_config(options, config)  # checked here, before torch is imported
-    from carcli.console import RichReporter, render_train_summary
+    from carcli.console import TrainProgress, render_train_summary
     from carcli.train import resume_config
     from carcli.train import train as run_training
 
@@ -142,7 +142,7 @@ def train(
         run_config = resume_config(resume, {k: v for k, v in options.items() if v is not None})
     from carcli.train.tracking import tracking
 
-    with RichReporter() as reporter, tracking(run_config, reporter) as tracked:
+    with TrainProgress() as reporter, tracking(run_config, reporter) as tracked:
         result = run_training(run_config, tracked, resume=resume is not None)
     if result.records:
         render_train_summary(result)
@@ -194,10 +194,10 @@ def evaluate(
 ) -> None:
     """Per-task metrics, calibration, confusion matrices and reports for a checkpoint on a data set."""
     usage.check_eval(checkpoint, data, split, crop, tta, batch_size, device)
-    from carcli.console import RichStages, print_json_line, render_eval
+    from carcli.console import StageProgress, print_json_line, render_eval
     from carcli.evaluate import evaluate as run_eval
 
-    with RichStages() as reporter:
+    with StageProgress() as reporter:
         result = run_eval(
             checkpoint, data, split, out, tta, crop, submission, batch_size, workers, device, reporter=reporter,
             calibrate=calibrate, calibrated_out=calibrated_out,
@@ -237,7 +237,7 @@ def prune(
     """Prune a model (magnitude or channel) and report accuracy against size."""
     usage.check_prune_mode(rate, sweep, finetune_epochs)
     usage.check_prune(checkpoint, data, method, rate, finetune_epochs)
-    from carcli.console import RichReporter
+    from carcli.console import TrainProgress
     from carcli.prune import prune_checkpoint
     from carcli.prune import sweep as run_sweep
 
@@ -248,7 +248,7 @@ def prune(
         print_info(f"table: {swept.csv_path}  plot: {swept.png_path}")
         return
     assert rate is not None
-    with RichReporter() as reporter:
+    with TrainProgress() as reporter:
         result = prune_checkpoint(checkpoint, data, method, rate, finetune_epochs, out, reporter, teacher)
     render_table(f"{method} pruning at rate {rate}", ("", "before", "after"), result.rows())
     print_info(f"pruned checkpoint: {result.out}")
@@ -352,10 +352,10 @@ def predict(
     """Top-k predictions (model, make, type, year) for images."""
     usage.check_inputs(images)
     usage.check_predict(model, top_k, batch_size, explain, saliency, crop, device)
-    from carcli.console import RichStages, print_json_line, render_predictions
+    from carcli.console import StageProgress, print_json_line, render_predictions
     from carcli.predict import predict as run_predict
 
-    with RichStages() as reporter:
+    with StageProgress() as reporter:
         result = run_predict(
             images, model, top_k, csv, explain, saliency, crop, batch_size, device=device, reporter=reporter,
             img_size=img_size, hierarchy=hierarchy,

@@ -1,7 +1,8 @@
 """Everything carcli prints: the rich consoles, error lines, training progress and result tables.
 
-This is the only module that writes to the terminal; library modules report through the
-`Reporter` protocol of `carcli.train`, which `RichReporter` implements here.
+This is the only module that writes to the terminal; library modules report through the one
+`carcli.progress.Reporter` protocol, which the progress renderers here implement for each command:
+`TrainProgress` (train, prune's fine-tuning), `StageProgress` (eval, predict), `FetchProgress`, `TuneProgress`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from rich import filesize
 from rich.console import Console
@@ -27,6 +28,10 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+
+from carcli.progress import Event
+from carcli.train.reporting import EpochEnd, EpochStart, Step
+from carcli.tune import SearchStart, TrialEnd, TrialEpoch, TrialStart
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -70,34 +75,57 @@ def _percent(value: float | None) -> str:
 
 
 class _Bars:
-    """A rich Progress, live only on a terminal, with info and warning lines printed above it."""
+    """A carcli.progress Reporter drawn as rich bars on `out`, live only on a terminal, with info and warning
+    lines printed above them: a bar a stage; the subclasses draw the events of their command."""
 
-    def __init__(self, fields: str, eta: bool = False) -> None:
-        self.live = console.is_terminal
-        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(fields)]
-        columns += [TimeElapsedColumn(), *((TextColumn("ETA"), TimeRemainingColumn()) if eta else ())]
-        self.progress = Progress(*columns, console=console)
-        self.task_id: Any = None
+    blank: ClassVar[dict[str, str]] = {}  # the task fields that a subclass's columns read, before any value
+
+    def __init__(self, *columns: str | ProgressColumn, out: Console, transient: bool = False) -> None:
+        self.live = out.is_terminal
+        self.bars = Progress(*columns, console=out, transient=transient)
 
     def __enter__(self: _B) -> _B:
         if self.live:
-            self.progress.start()
+            self.bars.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self.live:
+            self.bars.stop()
 
     def info(self, message: str) -> None:
-        self.progress.console.print(escape(message), highlight=False, soft_wrap=True)
+        self.bars.console.print(escape(message), highlight=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
-        self.progress.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        self.bars.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+    def stage(self, description: str, total: int | None, unit: str = "images") -> Callable[[int], None]:
+        task_id = self.bars.add_task(description, total=total, **self.blank)
+        return lambda done: self.bars.update(task_id, completed=done)
+
+    def progress(self, event: Event) -> None:
+        pass
 
 
 _B = TypeVar("_B", bound=_Bars)
 
 
-class RichReporter(_Bars):
+class _RunBars(_Bars):
+    """The bars of a long run on stdout (train, tune): count, `fields`, elapsed time and optionally the ETA.
+
+    Stopped out of a terminal too, where rich then ends the output with an empty line."""
+
+    def __init__(self, fields: str, eta: bool = False) -> None:
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(fields)]
+        columns += [TimeElapsedColumn(), *((TextColumn("ETA"), TimeRemainingColumn()) if eta else ())]
+        super().__init__(*columns, out=console)
+        self.task_id: Any = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.stop()
+
+
+class TrainProgress(_RunBars):
     """Training progress: an overall bar for the run (ETA to the end) and a bar per epoch, then a validation line.
 
     When stdout is not a terminal (a log file, `| tee`, CI) there are no live bars: a plain line
@@ -107,6 +135,7 @@ class RichReporter(_Bars):
 
     PLAIN_EVERY_S = 30.0
     PLAIN_EVERY_SHARE = 0.1
+    blank: ClassVar[dict[str, str]] = {"stats": ""}
 
     def __init__(self) -> None:
         super().__init__("{task.fields[stats]}", eta=True)
@@ -118,23 +147,31 @@ class RichReporter(_Bars):
         self.plain_at = (0.0, 0)  # (time, step) of the last plain progress line
         self.started = 0.0  # when the run's first epoch started
 
-    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+    def progress(self, event: Event) -> None:
+        match event:
+            case EpochStart():
+                self._epoch_start(event.epoch, event.epochs, event.steps)
+            case Step():
+                self._step(f"loss {event.loss:.3f}  top1 {_percent(event.top1)}  {event.images_per_s:.0f} img/s")
+            case EpochEnd():
+                self._epoch_end(event.record)
+
+    def _epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
         self.epochs, self.epoch, self.steps, self.done = epochs, epoch, steps, 0
         if self.run_id is None:  # the whole run, from this epoch on (a resumed run starts later)
             self.started = time.perf_counter()
-            self.run_id = self.progress.add_task("run", total=steps * (epochs - epoch + 1), stats="")
+            self.run_id = self.bars.add_task("run", total=steps * (epochs - epoch + 1), stats="")
         elif self.task_id is not None:
-            self.progress.update(self.task_id, visible=False)
-        self.task_id = self.progress.add_task(f"epoch {epoch}/{epochs}", total=steps, stats="")
+            self.bars.update(self.task_id, visible=False)
+        self.task_id = self.bars.add_task(f"epoch {epoch}/{epochs}", total=steps, stats="")
         self.plain_at = (time.perf_counter(), 0)
 
-    def step(self, stats: dict[str, float]) -> None:
+    def _step(self, figures: str) -> None:
         self.done += 1
-        figures = f"loss {stats['loss']:.3f}  top1 {_percent(stats['top1'])}  {stats['images_per_s']:.0f} img/s"
-        self.progress.update(self.task_id, advance=1, stats=figures)
-        self.progress.update(self.run_id, advance=1)
+        self.bars.update(self.task_id, advance=1, stats=figures)
+        self.bars.update(self.run_id, advance=1)
         if not self.live and self._plain_line_due():
-            run = self.progress.tasks[self.run_id]
+            run = self.bars.tasks[self.run_id]
             elapsed = time.perf_counter() - self.started
             eta = _clock(elapsed * ((run.total or 0) - run.completed) / run.completed)
             self.info(f"epoch {self.epoch}/{self.epochs} step {self.done}/{self.steps}: {figures}, run ETA {eta}")
@@ -146,7 +183,7 @@ class RichReporter(_Bars):
         due = self.done - at_step >= every or time.perf_counter() - since >= self.PLAIN_EVERY_S
         return due and self.done < self.steps  # the epoch's last step is reported by its end line
 
-    def epoch_end(self, record: dict[str, Any]) -> None:
+    def _epoch_end(self, record: dict[str, Any]) -> None:
         tasks = "  ".join(f"{task} {_percent(v)}" for task, v in record["val_top1"].items())
         val = "no validation" if record["val_loss"] is None else f"val loss {record['val_loss']:.3f}  top-1: {tasks}"
         line = f"epoch {record['epoch']}/{self.epochs} {val}  ({record['seconds']:.1f} s)"
@@ -156,7 +193,7 @@ class RichReporter(_Bars):
                 f"  top1 {_percent(record['train_top1'])}  {record['images_per_s']:.0f} img/s | {val}"
                 f"  ({record['seconds']:.1f} s)"
             )
-        self.progress.console.print(line, highlight=False, soft_wrap=True)
+        self.bars.console.print(line, highlight=False, soft_wrap=True)
 
 
 def _clock(seconds: float) -> str:
@@ -195,37 +232,12 @@ def render_table(
     console.print(table)
 
 
-class RichStages:
+class StageProgress(_Bars):
     """Progress of eval/predict on stderr (so stdout stays clean for --json): info lines, warnings, one bar a stage."""
 
     def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-        )
-
-    def __enter__(self) -> RichStages:
-        if err_console.is_terminal:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress.live.is_started:
-            self.progress.stop()
-
-    def info(self, message: str) -> None:
-        err_console.print(escape(message), highlight=False, soft_wrap=True)
-
-    def warn(self, message: str) -> None:
-        print_warning(message)
-
-    def stage(self, description: str, total: int) -> Callable[[int], None]:
-        task_id = self.progress.add_task(description, total=total)
-        return lambda done: self.progress.update(task_id, completed=done)
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        super().__init__(*columns, out=err_console, transient=True)
 
 
 def print_json_line(obj: Any) -> None:
@@ -345,41 +357,24 @@ class _AmountColumn(ProgressColumn):
         return Text(f"{filesize.decimal(int(task.completed))} / {total}{speed}")
 
 
-class FetchProgress:
+class FetchProgress(_Bars):
     """fetch-data's progress: a bar per download (bytes, speed, ETA) and per step (extract, convert, check).
 
-    Implements `carcli.data.fetch.Reporter`. When stdout is not a terminal there are no live bars:
-    each finished task prints one line instead.
+    A stage started again under the same description (a download's retry) continues its bar, which
+    appears with the first amount done. When stdout is not a terminal there are no live bars: each
+    finished stage prints one line instead.
     """
 
     def __init__(self) -> None:
-        self.live = console.is_terminal
-        self.bars = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            _AmountColumn(),
-            TimeRemainingColumn(),
-            console=console,
-        )
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), _AmountColumn(), TimeRemainingColumn())
+        super().__init__(*columns, out=console)
         self.tasks: dict[str, Any] = {}
         self.finished: set[str] = set()
 
-    def __enter__(self) -> FetchProgress:
-        if self.live:
-            self.bars.start()
-        return self
+    def stage(self, description: str, total: int | None, unit: str = "images") -> Callable[[int], None]:
+        return lambda done: self._update(description, done, total, unit)
 
-    def __exit__(self, *exc: object) -> None:
-        if self.live:
-            self.bars.stop()
-
-    def info(self, message: str) -> None:
-        self.bars.console.print(escape(message), highlight=False, soft_wrap=True)
-
-    def warn(self, message: str) -> None:
-        self.bars.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
-
-    def update(self, task: str, done: int, total: int | None, unit: str) -> None:
+    def _update(self, task: str, done: int, total: int | None, unit: str) -> None:
         if task not in self.tasks:
             self.tasks[task] = self.bars.add_task(task, total=total, unit=unit)
         self.bars.update(self.tasks[task], completed=done, total=total)
@@ -426,27 +421,31 @@ def render_data_list(root: Path, infos: Sequence[DataSetInfo]) -> None:
     render_table(title, ("name (kind)", "status", "images", "size", "path"), rows, left=(0, 4))
 
 
-class TuneProgress(_Bars):
+class TuneProgress(_RunBars):
     """`carcli tune` progress: a bar over trials with the best value so far, and one line per finished trial."""
+
+    blank: ClassVar[dict[str, str]] = {"best": "", "now": ""}
 
     def __init__(self) -> None:
         super().__init__("best {task.fields[best]}  {task.fields[now]}")
 
-    def start(self, total: int, finished: int, best: float | None) -> None:
-        self.task_id = self.progress.add_task("trials", total=total, completed=finished, best=_percent(best), now="")
+    def progress(self, event: Event) -> None:
+        match event:
+            case SearchStart(total=total, finished=done, best=best):
+                self.task_id = self.bars.add_task("trials", total=total, completed=done, best=_percent(best), now="")
+            case TrialStart():
+                self.bars.update(self.task_id, now=f"trial {event.number} training")
+            case TrialEpoch():
+                top1 = _percent(event.record["val_top1"].get("model"))
+                self.bars.update(self.task_id, now=f"trial {event.number} epoch {event.record['epoch']}: {top1}")
+            case TrialEnd():
+                self._trial_end(event.row, event.best)
 
-    def trial_start(self, number: int, params: dict[str, Any]) -> None:
-        self.progress.update(self.task_id, now=f"trial {number} training")
-
-    def epoch_end(self, number: int, record: dict[str, Any]) -> None:
-        top1 = _percent(record["val_top1"].get("model"))
-        self.progress.update(self.task_id, now=f"trial {number} epoch {record['epoch']}: {top1}")
-
-    def trial_end(self, row: TuneRow, best: float | None) -> None:
-        self.progress.update(self.task_id, advance=1 if row.counted else 0, best=_percent(best), now="")
+    def _trial_end(self, row: TuneRow, best: float | None) -> None:
+        self.bars.update(self.task_id, advance=1 if row.counted else 0, best=_percent(best), now="")
         values = ", ".join(f"{name} {_short(value)}" for name, value in row.params.items())
         result = _percent(row.value) if row.value is not None else row.state
-        self.progress.console.print(
+        self.bars.console.print(
             f"trial {row.number} {row.state} after {row.epochs} epochs: {result}  ({escape(values)})",
             highlight=False,
             soft_wrap=True,

@@ -36,8 +36,6 @@ from carcli.deploy import OnnxModel, is_onnx
 from carcli.errors import CarcliError, UsageError
 from carcli.files import check_output_dir, check_output_file, write_csv, write_text
 from carcli.inference import (
-    SilentStages,
-    StageReporter,
     cam_crop_probs,
     default_workers,
     load_scorer,
@@ -45,6 +43,7 @@ from carcli.inference import (
 )
 from carcli.metrics import hierarchy_consistency, most_confused, task_metrics, top1_per_task, with_implied_tasks
 from carcli.plots import plot_confusion, plot_reliability, plot_top_losses
+from carcli.progress import Reporter, SilentReporter
 from carcli.splits import align_labels, sample_targets, split_samples
 from carcli.usage import check_eval
 
@@ -79,7 +78,7 @@ def evaluate(
     batch_size: int = 64,
     workers: int | None = None,
     device: str = "auto",
-    reporter: StageReporter | None = None,
+    reporter: Reporter | None = None,
     calibrate: bool = False,
     calibrated_out: Path | None = None,
     img_size: int | None = None,
@@ -94,7 +93,7 @@ def evaluate(
     has both either way.
     """
     started = time.perf_counter()
-    reporter = reporter or SilentStages()
+    reporter = reporter or SilentReporter()
     check_eval(checkpoint, data, split, crop, tta, batch_size, device)
     _check_outputs(out, submission)
     _check_model_options(checkpoint, crop, tta, calibrate, calibrated_out, hierarchy or img_size is not None)
@@ -197,7 +196,7 @@ def _run(
     batch_size: int,
     workers: int | None,
     device: str,
-    reporter: StageReporter,
+    reporter: Reporter,
 ) -> tuple[dict[str, Tensor] | None, dict[str, Any]]:
     """Probabilities per task: (first pass, two-pass) with `crop`, else (None, plain or TTA)."""
     crop_margin = float(meta.train_option("bbox_margin", 0.1)) if meta.train_option("crop_to_bbox") else None

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from carcli.data.taxonomy import FINE
 from carcli.deploy import OnnxModel, is_onnx
 from carcli.errors import CarcliError
 from carcli.metrics import with_implied_tasks
+from carcli.progress import Reporter, SilentReporter
 from carcli.splits import align_labels, sample_targets, split_samples
 
 if TYPE_CHECKING:
@@ -38,29 +39,6 @@ CAM_THRESHOLD = 0.2  # share of the map's maximum that counts as object
 CROP_MARGIN = 0.1  # the CAM box grows by this share of its size on each side
 MIN_CROP = 0.3  # a CAM box is never narrower or lower than this share of the image
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 as shares of the image's width and height
-
-
-class StageReporter(Protocol):
-    """Receives the progress of long work; the CLI renders it with rich, tests may ignore it."""
-
-    def info(self, message: str) -> None: ...
-    def warn(self, message: str) -> None: ...
-    def stage(self, description: str, total: int) -> Callable[[int], None]:
-        """Start a stage of `total` images; the returned callback takes the number done so far."""
-        ...
-
-
-class SilentStages:
-    """A StageReporter that ignores everything."""
-
-    def info(self, message: str) -> None:
-        pass
-
-    def warn(self, message: str) -> None:
-        pass
-
-    def stage(self, description: str, total: int) -> Callable[[int], None]:
-        return lambda done: None
 
 
 @dataclass
@@ -262,7 +240,7 @@ def cam_crop_probs(
     device: str = "cpu",
     workers: int = 0,
     crop_margin: float | None = None,
-    reporter: StageReporter | None = None,
+    reporter: Reporter | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Two-pass prediction: (first-pass probabilities, mean of the first pass and the CAM-crop pass) per task."""
     import torch
@@ -270,7 +248,7 @@ def cam_crop_probs(
 
     from carcli.explain import cam_maps, grad_cam
 
-    reporter = reporter or SilentStages()
+    reporter = reporter or SilentReporter()
     size = meta.img_size
     temperatures = meta.temperatures
     model.eval().to(device)

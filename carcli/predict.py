@@ -27,14 +27,13 @@ from carcli.files import check_output_dir, check_output_file, write_csv
 from carcli.inference import (
     COARSE,
     ImagePrediction,
-    SilentStages,
-    StageReporter,
     cam_crop_probs,
     default_workers,
     image_predictions,
     load_scorer,
     sample_probs,
 )
+from carcli.progress import Reporter, SilentReporter
 from carcli.usage import check_predict, newest_checkpoint
 
 if TYPE_CHECKING:
@@ -92,13 +91,13 @@ def predict(
     batch_size: int = 32,
     workers: int | None = None,
     device: str = "auto",
-    reporter: StageReporter | None = None,
+    reporter: Reporter | None = None,
     img_size: int | None = None,
     hierarchy: bool = False,
 ) -> PredictResult:
     """The `carcli predict` job: an answer for every readable image among `inputs`; the CSV and overlays asked for."""
     started = time.perf_counter()
-    reporter = reporter or SilentStages()
+    reporter = reporter or SilentReporter()
     check_predict(model_path, top_k, batch_size, explain_dir, saliency, crop, device)
     _check_outputs(csv_path, explain_dir)
     if model_path is None:
@@ -156,7 +155,7 @@ def _explain(
     out_dir: Path,
     saliency: bool,
     device: str,
-    reporter: StageReporter,
+    reporter: Reporter,
 ) -> list[Path]:
     from carcli.explain import Explanation, write_explanations
 

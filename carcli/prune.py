@@ -32,7 +32,7 @@ from carcli.usage import check_prune
 
 if TYPE_CHECKING:
     from carcli.data.layouts import Sample
-    from carcli.train import Reporter
+    from carcli.progress import Reporter
 
 SWEEP_RATES = tuple(round(0.1 * i, 1) for i in range(1, 10))
 

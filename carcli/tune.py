@@ -8,6 +8,7 @@ folder `trials/NNN/`), reports the validation top-1 of the metric task after eve
 stopped by the pruner when hopeless. A trial that fails (non-finite loss, out of memory) is recorded
 as failed; one stopped by Ctrl-C or a kill is marked failed without counting toward `trials`, so a
 rerun of the same command replaces it. The outputs (tune_files) are rewritten after every trial.
+Progress goes to a carcli.progress `Reporter` as the events below (`SearchStart`, `TrialStart`, ...).
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from carcli.data.taxonomy import FINE
 from carcli.errors import CarcliError, Interrupted, UsageError
+from carcli.progress import Event, Reporter, SilentReporter
 from carcli.search_space import Dimension, check_against_fixed, default_space, read_space, sample
 from carcli.train.config import TrainConfig, check_config, make_config
+from carcli.train.reporting import EpochEnd
 from carcli.tune_files import ERROR_ATTR, TrialRow, trial_row, write_outputs
 
 if TYPE_CHECKING:
@@ -73,49 +76,68 @@ class TuneResult:
         return [row for row in self.rows if row.counted and row.state != "running"]
 
 
-class TuneReporter(Protocol):
-    """Receives the search's progress; carcli.console renders it."""
+@dataclass(frozen=True)
+class SearchStart(Event):
+    """This process starts adding trials to a study that has `finished` of the `total` asked for."""
 
-    def info(self, message: str) -> None: ...
-    def warn(self, message: str) -> None: ...
-    def start(self, total: int, finished: int, best: float | None) -> None: ...
-    def trial_start(self, number: int, params: dict[str, Any]) -> None: ...
-    def epoch_end(self, number: int, record: dict[str, Any]) -> None: ...
-    def trial_end(self, row: TrialRow, best: float | None) -> None: ...
+    total: int
+    finished: int
+    best: float | None
 
 
-class _TrialReporter:
-    """The train Reporter of one trial: reports each epoch's top-1 to Optuna and prunes when it says so."""
+@dataclass(frozen=True)
+class TrialStart(Event):
+    """Trial `number` starts training with the sampled `params`."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, outer: TuneReporter) -> None:
+    number: int
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TrialEpoch(Event):
+    """Trial `number` ended an epoch with `record` (validation top-1 per task)."""
+
+    number: int
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TrialEnd(Event):
+    """A trial ended (complete, pruned or failed) and was recorded; `best` is the study's best value now."""
+
+    row: TrialRow
+    best: float | None
+
+
+class _TrialReporter(SilentReporter):
+    """The train Reporter of one trial: reports each epoch's top-1 to Optuna and prunes when it says so.
+
+    Its info lines (model, sizes, folder) are dropped: they would repeat for every trial."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, outer: Reporter) -> None:
         self.trial, self.metric, self.outer = trial, metric, outer
         self.records: list[dict[str, Any]] = []
-
-    def info(self, message: str) -> None:
-        pass  # the per-run lines (model, sizes, folder) would repeat for every trial
 
     def warn(self, message: str) -> None:
         self.outer.warn(f"trial {self.trial.number}: {message}")
 
-    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
-        pass
+    def progress(self, event: Event) -> None:
+        if isinstance(event, EpochEnd):
+            self._epoch_end(event.record)
 
-    def step(self, stats: dict[str, float]) -> None:
-        pass
-
-    def epoch_end(self, record: dict[str, Any]) -> None:
+    def _epoch_end(self, record: dict[str, Any]) -> None:
         import optuna
 
         if self.metric not in record["val_top1"]:
             raise UsageError(f"--metric {self.metric}: this model reports {', '.join(record['val_top1'])}")
         self.records.append(record)
         self.trial.report(record["val_top1"][self.metric], record["epoch"])
-        self.outer.epoch_end(self.trial.number, record)
+        self.outer.progress(TrialEpoch(self.trial.number, record))
         if self.trial.should_prune():  # train() has written this epoch's files and state before calling us
             raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}")
 
 
-def tune(request: TuneRequest, reporter: TuneReporter) -> TuneResult:
+def tune(request: TuneRequest, reporter: Reporter) -> TuneResult:
     """Run the search as `request` says (see the module docstring); returns the study's trials."""
     optuna = _import_optuna()
     base, space, out = _prepare(request)
@@ -294,7 +316,7 @@ class _Runner:
         space: list[Dimension],
         request: TuneRequest,
         out: Path,
-        reporter: TuneReporter,
+        reporter: Reporter,
     ) -> None:
         self.optuna, self.study, self.url, self.base, self.space = optuna, study, url, base, space
         self.request, self.out, self.reporter = request, out, reporter
@@ -304,7 +326,7 @@ class _Runner:
     def run(self) -> None:
         rows = [trial_row(t) for t in self.study.get_trials()]
         counted = [r for r in rows if r.counted and r.state != "running"]
-        self.reporter.start(self.request.trials, len(counted), _best(rows))
+        self.reporter.progress(SearchStart(self.request.trials, len(counted), _best(rows)))
         while not self._out_of_time():
             trial = self._reserve()
             if trial is None:
@@ -334,7 +356,7 @@ class _Runner:
 
         params = sample(self.space, trial, self.base)
         config = TrainConfig(**{**asdict(self.base), **params, "out": str(self.out / "trials" / f"{trial.number:03d}")})
-        self.reporter.trial_start(trial.number, params)
+        self.reporter.progress(TrialStart(trial.number, params))
         trial_reporter = _TrialReporter(trial, self.request.metric, self.reporter)
         started = time.monotonic()
         state, error = self.optuna.trial.TrialState.COMPLETE, None
@@ -375,7 +397,7 @@ class _Runner:
         self.failures = self.failures + 1 if error else 0
         write_outputs(self.study, self.out, self.request.metric, plots=False)
         rows = [trial_row(t) for t in self.study.get_trials()]
-        self.reporter.trial_end(next(r for r in rows if r.number == trial.number), _best(rows))
+        self.reporter.progress(TrialEnd(next(r for r in rows if r.number == trial.number), _best(rows)))
         if self.failures >= MAX_FAILURES_IN_A_ROW:
             raise CarcliError(f"{self.failures} trials in a row failed, the last with: {error}")
 

@@ -22,6 +22,7 @@ from carcli.hierarchy import consistent_probs, fit_weights
 from carcli.models.builder import load_model
 from carcli.models.weights import init_from_checkpoint
 from carcli.predict import predict
+from carcli.progress import SilentReporter
 from carcli.prune import prune_checkpoint
 from carcli.train import TrainConfig, distributed, recipe, resume_config, runtime, train
 from carcli.train.config import check_config
@@ -73,12 +74,8 @@ def test_train_init_starts_from_the_checkpoint_and_records_it(tiny_set, tmp_path
     path = write_untrained_checkpoint(tmp_path / "stage1.st", names, "mtl", 32, seed=5)
     lines: list[str] = []
 
-    class Lines:
+    class Lines(SilentReporter):
         info = warn = lines.append
-
-        def epoch_start(self, *args) -> None: ...
-        def step(self, stats) -> None: ...
-        def epoch_end(self, record) -> None: ...
 
     out = tmp_path / "stage2"
     train(tiny_config(tiny_set, out, arch="mobilenetv2", head="mtl", init=str(path), lr=1e-9), Lines())

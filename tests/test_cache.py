@@ -213,7 +213,8 @@ def test_cached_runs_resume_exactly(tiny_set, tmp_path, home):
 
 
 def test_strong_preset_with_cache_augments_per_image(tiny_set, tmp_path, home):
-    from carcli.train import SilentReporter, TrainConfig, train
+    from carcli.progress import SilentReporter
+    from carcli.train import TrainConfig, train
 
     lines: list[str] = []
 

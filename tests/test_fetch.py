@@ -14,6 +14,7 @@ import json
 import shutil
 import tarfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from carcli.data.fetch.download import ChecksumError, download
 from carcli.data.fetch.mirrors import RemoteFile
 from carcli.data.layouts import load_dataset
 from carcli.errors import CarcliError, UsageError
+from carcli.progress import SilentReporter
 
 NET = Network(timeout=5.0, retries=2, backoff=0.01)
 runner = CliRunner()
@@ -44,8 +46,8 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class Recorder:
-    """A fetch Reporter that keeps everything it is told."""
+class Recorder(SilentReporter):
+    """A Reporter that keeps the lines it is told and every amount of every stage."""
 
     def __init__(self) -> None:
         self.infos: list[str] = []
@@ -58,8 +60,8 @@ class Recorder:
     def warn(self, message: str) -> None:
         self.warnings.append(message)
 
-    def update(self, task: str, done: int, total: int | None, unit: str) -> None:
-        self.updates.append((task, done, total, unit))
+    def stage(self, description: str, total: int | None, unit: str = "images") -> Callable[[int], None]:
+        return lambda done: self.updates.append((description, done, total, unit))
 
 
 # ---------------------------------------------------------------- the mini data set in its many shapes

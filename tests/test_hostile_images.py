@@ -179,7 +179,7 @@ def test_train_lists_a_bomb_and_goes_on(tiny_set, zoo, tmp_path):
     from types import SimpleNamespace
 
     from carcli.data.layouts import load_dataset
-    from carcli.train import SilentReporter
+    from carcli.progress import SilentReporter
     from carcli.train.feed import readable_splits
 
     data = tmp_path / "data"

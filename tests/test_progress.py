@@ -7,9 +7,10 @@ import io
 from rich.console import Console
 
 from carcli import console as carcli_console
-from carcli.console import RichReporter
+from carcli.console import TrainProgress
+from carcli.train.reporting import EpochEnd, EpochStart, Step
 
-STATS = {"loss": 1.25, "top1": 0.5, "images_per_s": 40.0}
+STATS = Step(loss=1.25, top1=0.5, images_per_s=40.0)
 
 
 def _record(epoch: int) -> dict:
@@ -19,20 +20,20 @@ def _record(epoch: int) -> dict:
     }  # fmt: skip
 
 
-def _reporter(monkeypatch, terminal: bool) -> tuple[RichReporter, io.StringIO]:
+def _reporter(monkeypatch, terminal: bool) -> tuple[TrainProgress, io.StringIO]:
     out = io.StringIO()
     monkeypatch.setattr(carcli_console, "console", Console(file=out, width=120, force_terminal=terminal))
-    return RichReporter(), out
+    return TrainProgress(), out
 
 
 def test_in_a_pipe_a_plain_line_every_tenth_of_an_epoch(monkeypatch):
     reporter, out = _reporter(monkeypatch, terminal=False)
     with reporter:
         for epoch in (1, 2):
-            reporter.epoch_start(epoch, 2, 20)
+            reporter.progress(EpochStart(epoch, 2, 20))
             for _ in range(20):
-                reporter.step(STATS)
-            reporter.epoch_end(_record(epoch))
+                reporter.progress(STATS)
+            reporter.progress(EpochEnd(_record(epoch)))
     lines = out.getvalue().splitlines()
     steps = [line for line in lines if " step " in line]
     assert len(steps) == 2 * 9  # steps 2, 4, ... 18 of each epoch; step 20 is the epoch's own line
@@ -47,21 +48,21 @@ def test_in_a_pipe_a_plain_line_every_30_seconds(monkeypatch):
     monkeypatch.setattr(carcli_console.time, "perf_counter", lambda: float(next(clock)))
     reporter, out = _reporter(monkeypatch, terminal=False)
     with reporter:
-        reporter.epoch_start(1, 1, 1000)
+        reporter.progress(EpochStart(1, 1, 1000))
         for _ in range(5):
-            reporter.step(STATS)
+            reporter.progress(STATS)
     assert out.getvalue().count(" step ") == 5  # every step is 31 s after the last line
 
 
 def test_live_bars_the_run_with_an_eta_and_no_loss_before_the_first_step(monkeypatch):
     reporter, out = _reporter(monkeypatch, terminal=True)
     with reporter:
-        reporter.epoch_start(1, 3, 4)
+        reporter.progress(EpochStart(1, 3, 4))
         for _ in range(4):
-            reporter.step(STATS)
-        reporter.epoch_end(_record(1))
-        reporter.epoch_start(2, 3, 4)
-        run, first, second = reporter.progress.tasks
+            reporter.progress(STATS)
+        reporter.progress(EpochEnd(_record(1)))
+        reporter.progress(EpochStart(2, 3, 4))
+        run, first, second = reporter.bars.tasks
         assert run.description == "run" and run.total == 12 and run.completed == 4
         assert second.fields["stats"] == ""  # not "loss 0.000" before the epoch's first step
         assert not first.visible

@@ -24,7 +24,8 @@ from carcli.device import cpu_has_bf16
 from carcli.errors import CarcliError
 from carcli.models.builder import load_model
 from carcli.models.registry import create_model
-from carcli.train import SilentReporter, TrainConfig, distributed, recipe, runtime, steps, train
+from carcli.progress import Event, SilentReporter
+from carcli.train import EpochEnd, TrainConfig, distributed, recipe, runtime, steps, train
 from carcli.train.losses import complement_entropy, inverse_frequency_weights, multitask_loss, task_targets
 from carcli.train.optim import build_optimizer, build_scheduler
 from carcli.train.runtime import auto_precision
@@ -192,8 +193,9 @@ class _Snapshots(SilentReporter):
     def __init__(self, model: torch.nn.Module) -> None:
         self.model, self.states = model, []
 
-    def epoch_end(self, record: dict) -> None:
-        self.states.append(copy.deepcopy(self.model.backbone.state_dict()))
+    def progress(self, event: Event) -> None:
+        if isinstance(event, EpochEnd):
+            self.states.append(copy.deepcopy(self.model.backbone.state_dict()))
 
 
 def test_staged_fine_tuning_unfreezes_after_n_epochs(tiny_set, tmp_path):

@@ -15,7 +15,8 @@ from conftest import assert_same_weights
 
 from carcli.errors import CarcliError, Interrupted, UsageError
 from carcli.models.builder import load_model
-from carcli.train import SilentReporter, TrainConfig, resume_config, train
+from carcli.progress import Event, SilentReporter
+from carcli.train import Step, TrainConfig, resume_config, train
 from carcli.train.run_state import read_progress
 
 # a constant learning rate after no warmup: the schedule does not depend on the total number of epochs
@@ -46,7 +47,9 @@ class _CtrlCAfter(SilentReporter):
     def __init__(self, steps: int) -> None:
         self.steps = steps
 
-    def step(self, stats: dict) -> None:
+    def progress(self, event: Event) -> None:
+        if not isinstance(event, Step):
+            return
         self.steps -= 1
         if self.steps == 0:
             os.kill(os.getpid(), signal.SIGINT)

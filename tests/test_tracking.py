@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from carcli.errors import CarcliError, UsageError
-from carcli.train import SilentReporter, TrainConfig, train
+from carcli.progress import SilentReporter
+from carcli.train import TrainConfig, train
 from carcli.train.config import check_logger
 from carcli.train.tracking import tracking, wandb_mode
 

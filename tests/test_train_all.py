@@ -7,7 +7,8 @@ import json
 import pytest
 from conftest import assert_same_weights
 
-from carcli.train import SilentReporter, TrainConfig, train
+from carcli.progress import SilentReporter
+from carcli.train import TrainConfig, train
 
 
 class Notes(SilentReporter):

@@ -17,16 +17,17 @@ from typer.testing import CliRunner
 
 from carcli.cli import app
 from carcli.errors import CarcliError, UsageError
+from carcli.progress import Event, SilentReporter
 from carcli.train.config import from_cli
-from carcli.tune import TuneRequest, tune
+from carcli.tune import TrialEnd, TuneRequest, tune
 
 pytest.importorskip("optuna")
 TINY = {"arch": "timm:test_efficientnet", "img_size": 32, "batch_size": 16, "workers": 0, "epochs": 1}
 TINY_FLAGS = ["--arch", "timm:test_efficientnet", "--img-size", "32", "--batch-size", "16", "--workers", "0"]
 
 
-class Quiet:
-    """A TuneReporter that keeps what it is told."""
+class Quiet(SilentReporter):
+    """A Reporter that keeps the lines and the trials' ends it is told."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
@@ -36,17 +37,9 @@ class Quiet:
 
     warn = info
 
-    def start(self, total: int, finished: int, best: float | None) -> None:
-        pass
-
-    def trial_start(self, number: int, params: dict) -> None:
-        pass
-
-    def epoch_end(self, number: int, record: dict) -> None:
-        pass
-
-    def trial_end(self, row, best: float | None) -> None:
-        self.lines.append(f"trial {row.number} {row.state}")
+    def progress(self, event: Event) -> None:
+        if isinstance(event, TrialEnd):
+            self.lines.append(f"trial {event.row.number} {event.row.state}")
 
 
 def _space(tmp_path: Path, text: str) -> Path:

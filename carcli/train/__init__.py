@@ -1,12 +1,13 @@
 """`carcli train`: everything a training run is, from its options to its run folder.
 
 The package's face: `train(config, reporter)` runs a job and returns a `TrainResult`; `TrainConfig`
-holds its options; progress goes to a `Reporter` (`SilentReporter` ignores it); `resume_config`
-reads a stopped run back for `train(..., resume=True)`; `next_steps` says what to run on its checkpoint.
+holds its options; progress goes to a carcli.progress `Reporter` (the run's events: `EpochStart`, `Step`,
+`EpochEnd`); `resume_config` reads a stopped run back for `train(..., resume=True)`; `next_steps` says
+what to run on its checkpoint.
 
 Reading order:
 - config.py: every option, declared once (flags, config files, checks); torch-free
-- reporting.py: Reporter, TrainResult, next_steps; torch-free
+- reporting.py: the progress events, TrainResult, next_steps; torch-free
 - loop.py: the run top to bottom (`train`), then its epochs
 - recipe.py: how unset options are filled (data set, architecture and general defaults)
 - feed.py: splits, loaders and how batches reach the device
@@ -27,13 +28,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from carcli.train.config import TrainConfig
-from carcli.train.reporting import Reporter, SilentReporter, TrainResult, next_steps
+from carcli.train.reporting import EpochEnd, EpochStart, Step, TrainResult, next_steps
 
 if TYPE_CHECKING:
     from carcli.train.loop import train
     from carcli.train.run_files import resume_config
 
-__all__ = ["Reporter", "SilentReporter", "TrainConfig", "TrainResult", "next_steps", "resume_config", "train"]
+__all__ = ["EpochEnd", "EpochStart", "Step", "TrainConfig", "TrainResult", "next_steps", "resume_config", "train"]
 
 
 def __getattr__(name: str) -> Any:

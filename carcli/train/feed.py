@@ -29,9 +29,9 @@ from carcli.errors import CarcliError
 from carcli.files import write_text
 from carcli.models.registry import ArchSpec
 from carcli.paths import cache_home
+from carcli.progress import Reporter
 from carcli.train.config import TrainConfig
 from carcli.train.distributed import Dist, main_first
-from carcli.train.reporting import Reporter
 
 Prepare = Callable[[Tensor, tuple[int, int]], Tensor]  # (batch from the loader, (epoch, step)) -> model input
 ImageSet = ImageDataset | PackedDataset

@@ -36,13 +36,14 @@ from carcli.models.heads import CarcliModel
 from carcli.models.registry import ArchSpec, create_model, get_arch
 from carcli.models.weights import init_from_checkpoint, load_backbone_weights
 from carcli.paths import data_home
+from carcli.progress import Reporter, SilentReporter
 from carcli.train.config import TrainConfig, check_config
 from carcli.train.distributed import Dist, broadcast, init_distributed, leave
 from carcli.train.feed import Feed, build_feed, image_sizes, readable_splits
 from carcli.train.losses import fine_to_tensors, task_class_weights
 from carcli.train.optim import build_optimizer, build_scheduler
 from carcli.train.recipe import check_loss_weights, complete_config
-from carcli.train.reporting import Reporter, SilentReporter, TrainResult, next_steps
+from carcli.train.reporting import EpochEnd, EpochStart, TrainResult, next_steps
 from carcli.train.run_files import (
     RunFiles,
     epoch_record,
@@ -255,7 +256,7 @@ def _run_epochs(ctx: StepContext, files: RunFiles, validating: bool) -> bool:
             progress.stale_epochs = broadcast(progress.stale_epochs, ctx.ddp)
             _save_state(ctx, files.run_dir)
             if record is not None:
-                ctx.reporter.epoch_end(record)
+                ctx.reporter.progress(EpochEnd(record))
     return False
 
 
@@ -264,7 +265,7 @@ def _train_epoch(ctx: StepContext, epoch: int, run_dir: Path) -> dict[str, Any]:
     config, progress = ctx.config, ctx.progress
     ctx.feed.start_epoch(epoch, progress.step * (config.batch_size or 1))
     set_trainable(ctx.model, frozen=config.freeze_backbone or epoch <= config.unfreeze_after)
-    ctx.reporter.epoch_start(epoch, config.epochs or 0, len(ctx.feed.train_loader))
+    ctx.reporter.progress(EpochStart(epoch, config.epochs or 0, len(ctx.feed.train_loader)))
     try:
         train_stats = train_one_epoch(ctx)
     except NonFiniteLoss as exc:

@@ -20,10 +20,10 @@ from carcli.data.taxonomy import FINE
 from carcli.errors import CarcliError, UsageError
 from carcli.models.registry import get_arch
 from carcli.paths import data_home
+from carcli.progress import Reporter
 from carcli.train.compiling import has_compiler, initial_choice
 from carcli.train.config import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, TrainConfig, check_config
 from carcli.train.distributed import Dist, main_first
-from carcli.train.reporting import Reporter
 
 
 def complete_config(config: TrainConfig, reporter: Reporter, device: torch.device, ddp: Dist) -> DataSet:

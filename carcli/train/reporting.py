@@ -1,13 +1,15 @@
-"""What a training run tells its caller: progress through a `Reporter`, the `TrainResult` at the end, and
-the next commands to run (`next_steps`). Torch-free: the CLI and carcli.tune read these before training."""
+"""What a training run tells its caller: its progress events (`EpochStart`, `Step`, `EpochEnd`, sent to a
+carcli.progress `Reporter`), the `TrainResult` at the end, and the next commands to run (`next_steps`).
+Torch-free: the CLI and carcli.tune read these before training."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from carcli.data.taxonomy import FINE
+from carcli.progress import Event
 from carcli.train.config import TrainConfig
 
 LOW_SCRATCH_TOP1 = 0.5  # below this fine top-1, a from-scratch run on real data gets the pretrained-weights hint
@@ -29,37 +31,33 @@ class TrainResult:
     hints: list[str] = field(default_factory=list)  # what to do next, as lines for the user
 
 
-class Reporter(Protocol):
-    """Receives progress; the CLI renders it with rich, tests may ignore it.
+@dataclass(frozen=True)
+class EpochStart(Event):
+    """Epoch `epoch` of `epochs` starts; it has `steps` training steps."""
 
-    `epoch_end` is called after the epoch's files and resumable state are written, so it may raise
-    to end the run there (carcli.tune stops a pruned trial so); the exception leaves `train` as is.
+    epoch: int
+    epochs: int
+    steps: int
+
+
+@dataclass(frozen=True)
+class Step(Event):
+    """A training step is done: the epoch's running loss, top-1 and images/s so far."""
+
+    loss: float
+    top1: float
+    images_per_s: float
+
+
+@dataclass(frozen=True)
+class EpochEnd(Event):
+    """An epoch ended with `record` (a line of metrics.jsonl).
+
+    Sent after the epoch's files and resumable state are written, so the reporter may raise to end the
+    run there (carcli.tune stops a pruned trial so); the exception leaves `train` as is.
     """
 
-    def info(self, message: str) -> None: ...
-    def warn(self, message: str) -> None: ...
-    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
-    def step(self, stats: dict[str, float]) -> None: ...
-    def epoch_end(self, record: dict[str, Any]) -> None: ...
-
-
-class SilentReporter:
-    """A Reporter that ignores everything."""
-
-    def info(self, message: str) -> None:
-        pass
-
-    def warn(self, message: str) -> None:
-        pass
-
-    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
-        pass
-
-    def step(self, stats: dict[str, float]) -> None:
-        pass
-
-    def epoch_end(self, record: dict[str, Any]) -> None:
-        pass
+    record: dict[str, Any]
 
 
 def next_steps(config: TrainConfig, result: TrainResult, on_demo: bool) -> list[str]:

@@ -21,10 +21,10 @@ from torch.optim.swa_utils import AveragedModel
 from carcli.device import cpu_has_bf16
 from carcli.errors import UsageError
 from carcli.models.heads import CarcliModel
+from carcli.progress import Reporter
 from carcli.train.compiling import decide, wants_compile
 from carcli.train.config import TrainConfig
 from carcli.train.distributed import Dist, broadcast
-from carcli.train.reporting import Reporter
 
 
 @dataclass

@@ -28,11 +28,12 @@ from carcli.data.taxonomy import FINE
 from carcli.distill import Teachers
 from carcli.errors import CarcliError
 from carcli.models.heads import CarcliModel
+from carcli.progress import Reporter
 from carcli.train.config import TrainConfig
 from carcli.train.distributed import Dist
 from carcli.train.feed import Feed
 from carcli.train.losses import multitask_loss, task_targets
-from carcli.train.reporting import Reporter
+from carcli.train.reporting import Step
 from carcli.train.run_state import Progress
 from carcli.train.runtime import Runtime
 
@@ -130,7 +131,7 @@ def train_one_epoch(ctx: StepContext) -> dict[str, Any]:
         seen += batch
         loss_sum += loss.item() * batch
         correct += int((logits[FINE].argmax(1) == labels).sum())
-        ctx.reporter.step({"loss": loss_sum / seen, "top1": correct / seen, "images_per_s": seen / _since(start)})
+        ctx.reporter.progress(Step(loss_sum / seen, correct / seen, seen / _since(start)))
         if ctx.stop.is_set() and update:
             break
     return {

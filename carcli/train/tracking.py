@@ -19,14 +19,15 @@ import logging
 import netrc
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
+from carcli.progress import Event, Reporter
 from carcli.train.config import TrainConfig, check_logger
-from carcli.train.reporting import Reporter
+from carcli.train.reporting import EpochEnd
 from carcli.train.run_files import flat_record
 
 EXPERIMENT = "carcli"  # the MLflow experiment and the W&B project
@@ -137,7 +138,7 @@ class WandbTracker:
 
 
 class TrackingReporter:
-    """A Reporter that logs each epoch's record to a tracker, then hands everything on to `inner`."""
+    """A Reporter that logs each `EpochEnd` record to a tracker, then hands everything on to `inner`."""
 
     def __init__(self, inner: Reporter, tracker: Tracker, config: TrainConfig) -> None:
         self.inner = inner
@@ -151,19 +152,20 @@ class TrackingReporter:
     def warn(self, message: str) -> None:
         self.inner.warn(message)
 
-    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
-        self.inner.epoch_start(epoch, epochs, steps)
+    def stage(self, description: str, total: int | None, unit: str = "images") -> Callable[[int], None]:
+        return self.inner.stage(description, total, unit)
 
-    def step(self, stats: dict[str, float]) -> None:
-        self.inner.step(stats)
+    def progress(self, event: Event) -> None:
+        if isinstance(event, EpochEnd):
+            self._log(event.record)
+        self.inner.progress(event)
 
-    def epoch_end(self, record: dict[str, Any]) -> None:
+    def _log(self, record: dict[str, Any]) -> None:
         if not self.started:  # the configuration is resolved (defaults filled, run folder made) by now
             self.inner.info(f"tracking: {self.tracker.start(self.config)}")
             self.started = True
         metrics = {name: float(v) for name, v in flat_record(record).items() if name != "epoch" and v is not None}
         self.tracker.log_epoch(int(record["epoch"]), metrics)
-        self.inner.epoch_end(record)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ answers with exponential backoff, and check each file's SHA-256 against the tabl
 Archives are extracted only after every member is checked (no absolute paths, no `..`, no links out,
 a total size limit), into a temporary folder beside the target that is renamed into place only when
 the data set is complete; every image is decoded once and unreadable ones are excluded and listed in
-`unreadable.txt`. Nothing here prints: progress goes to a `Reporter`.
+`unreadable.txt`. Nothing here prints: progress goes to a carcli.progress `Reporter`.
 
 Reading order, from the entry point down:
 
@@ -32,7 +32,7 @@ Reading order, from the entry point down:
   (the devkit .mat files written by `carcli.data.devkit`);
 - `sources`: what the sources hold (archives extracted, folders walked);
 - `mirrors`: the mirror table; `download`: resumable, retried, checked HTTP downloads;
-- `archives`: safe extraction; `progress`: the `Reporter` protocol.
+- `archives`: safe extraction.
 """
 
 from __future__ import annotations
@@ -44,17 +44,17 @@ from carcli.data.fetch.build import FetchResult
 from carcli.data.fetch.catalog import DataSetInfo, list_datasets
 from carcli.data.fetch.download import Network
 from carcli.data.fetch.prepare import prepare_copy
-from carcli.data.fetch.progress import NullReporter, Reporter
 from carcli.data.fetch.register import fetch_demo, register_folder
 from carcli.data.fetch.request import FOLDER, STANFORD_CARS, FetchRequest, check_request
 from carcli.data.fetch.stanford_cars import fetch_stanford_cars
+from carcli.progress import Reporter, SilentReporter
 
-__all__ = ["DataSetInfo", "FetchRequest", "FetchResult", "Network", "Reporter", "fetch", "list_datasets"]
+__all__ = ["DataSetInfo", "FetchRequest", "FetchResult", "Network", "fetch", "list_datasets"]
 
 
 def fetch(request: FetchRequest, reporter: Reporter | None = None) -> FetchResult:
     """Get the named data set into the data root (download, import, register or generate), ready to train on."""
-    reporter = reporter or NullReporter()
+    reporter = reporter or SilentReporter()
     check_request(request)
     handlers: dict[str, Callable[[FetchRequest, Reporter], FetchResult]] = {
         STANFORD_CARS: fetch_stanford_cars,

@@ -11,8 +11,8 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from carcli.data.fetch.progress import NullReporter, Reporter
 from carcli.errors import CarcliError, one_line
+from carcli.progress import Reporter, SilentReporter
 
 MAX_EXTRACT_BYTES = 32 * 2**30  # a decompression bomb stops here; all of Stanford Cars is under 2 GB
 
@@ -44,9 +44,10 @@ def _extract_zip(archive: Path, target: Path, max_bytes: int, reporter: Reporter
             if (info.external_attr >> 16) & 0o170000 == 0o120000:
                 raise CarcliError(f"refusing {archive.name}: member {info.filename!r} is a symbolic link")
         _check_total(archive, sum(info.file_size for info in members), max_bytes)
+        advance = reporter.stage(f"extract {archive.name}", len(members), "files")
         for i, info in enumerate(members, 1):
             zf.extract(info, target)  # names were checked above; zipfile also stops each member at its size
-            reporter.update(f"extract {archive.name}", i, len(members), "files")
+            advance(i)
 
 
 def _extract_tar(archive: Path, target: Path, max_bytes: int, reporter: Reporter) -> None:
@@ -55,11 +56,12 @@ def _extract_tar(archive: Path, target: Path, max_bytes: int, reporter: Reporter
         for member in members:
             _check_member(archive, member.name)
         _check_total(archive, sum(m.size for m in members if m.isfile()), max_bytes)
+        advance = reporter.stage(f"extract {archive.name}", len(members), "files")
 
         def counted() -> Iterator[tarfile.TarInfo]:
             for i, member in enumerate(members, 1):
                 yield member
-                reporter.update(f"extract {archive.name}", i, len(members), "files")
+                advance(i)
 
         # the "data" filter refuses links pointing outside, device files and anything escaping `target`
         tf.extractall(target, members=counted(), filter="data")
@@ -67,7 +69,7 @@ def _extract_tar(archive: Path, target: Path, max_bytes: int, reporter: Reporter
 
 def extract(archive: Path, target: Path, max_bytes: int = MAX_EXTRACT_BYTES, reporter: Reporter | None = None) -> None:
     """Extract a zip or tar archive (any compression) into `target`, refusing anything unsafe (CarcliError)."""
-    reporter = reporter or NullReporter()
+    reporter = reporter or SilentReporter()
     target.mkdir(parents=True, exist_ok=True)
     try:
         if zipfile.is_zipfile(archive):

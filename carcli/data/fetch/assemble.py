@@ -21,10 +21,10 @@ from carcli.data.devkit import (
     write_provisional,
 )
 from carcli.data.fetch.parquet import assemble_parquet
-from carcli.data.fetch.progress import Reporter
 from carcli.data.fetch.sources import Survey, gather, visible
 from carcli.data.layouts import DataSet, load_dataset
 from carcli.errors import CarcliError
+from carcli.progress import Reporter
 
 
 def _place(folder: Path, dest: Path, staging: Path) -> None:

@@ -14,11 +14,11 @@ from typing import Any
 
 from carcli import __version__
 from carcli.data.devkit import write_devkit
-from carcli.data.fetch.progress import Reporter
 from carcli.data.images import find_unreadable
 from carcli.data.layouts import TORCHVISION_DIR, DataSet, load_dataset
 from carcli.errors import CarcliError
 from carcli.files import swap_dir
+from carcli.progress import Reporter
 
 MARKER = ".carcli-dataset.json"
 REPORT = "unreadable.txt"
@@ -27,9 +27,10 @@ CHECK_CHUNK = 512
 
 def _unreadable(paths: list[Path], reporter: Reporter) -> set[Path]:
     bad: set[Path] = set()
+    advance = reporter.stage("check images", len(paths), "images")
     for start in range(0, len(paths), CHECK_CHUNK):
         bad.update(find_unreadable(paths[start : start + CHECK_CHUNK]))
-        reporter.update("check images", min(start + CHECK_CHUNK, len(paths)), len(paths), "images")
+        advance(min(start + CHECK_CHUNK, len(paths)))
     return bad
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from carcli import __version__
 from carcli.data.fetch.mirrors import SHA256_PATTERN, RemoteFile
-from carcli.data.fetch.progress import NullReporter, Reporter
 from carcli.errors import CarcliError
+from carcli.progress import Reporter, SilentReporter
 
 CHUNK = 1 << 20
 
@@ -115,6 +115,7 @@ def _attempt(file: RemoteFile, part: Path, reporter: Reporter, network: Network)
             offset = 0
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
+        advance = reporter.stage(f"download {file.name}", total, "B")
         digest = hash_file(part) if offset else hashlib.sha256()
         done = offset
         part.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +125,7 @@ def _attempt(file: RemoteFile, part: Path, reporter: Reporter, network: Network)
                     out.write(chunk)
                     digest.update(chunk)
                     done += len(chunk)
-                    reporter.update(f"download {file.name}", done, total, "B")
+                    advance(done)
         except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
             raise _Retryable(f"connection lost at {done} bytes ({type(err).__name__})") from None
         if total is not None and done < total:
@@ -140,7 +141,7 @@ def download(file: RemoteFile, dest: Path, reporter: Reporter | None = None, net
     checksum mismatch the partial file is deleted (ChecksumError); on other failures it is kept for
     the next run to resume.
     """
-    reporter, network = reporter or NullReporter(), network or Network()
+    reporter, network = reporter or SilentReporter(), network or Network()
     if dest.is_file() and (file.sha256 is None or hash_file(dest).hexdigest() == file.sha256):
         return file.sha256 is not None
     part = dest.with_name(dest.name + ".part")

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from carcli.data.devkit import DEVKIT_META, read_class_names, split_folder, write_provisional
-from carcli.data.fetch.progress import Reporter
 from carcli.data.fetch.sources import Survey
 from carcli.errors import CarcliError
+from carcli.progress import Reporter
 
 
 def _parquet_split(path: Path) -> str | None:
@@ -93,10 +93,11 @@ def assemble_parquet(survey: Survey, base: Path, reporter: Reporter) -> str:
         folder = split_folder(base, split)
         folder.mkdir(parents=True, exist_ok=True)
         total = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
+        advance = reporter.stage(f"convert {split} parquet", total, "images")
         for data, label in (row for path in files for row in _parquet_rows(path)):
             fname = f"{len(rows[split]) + 1:05d}.jpg"
             (folder / fname).write_bytes(data)
             rows[split].append({"class": int(label) + 1, "fname": fname})
-            reporter.update(f"convert {split} parquet", len(rows[split]), total, "images")
+            advance(len(rows[split]))
     write_provisional(base, names, rows)
     return "parquet"

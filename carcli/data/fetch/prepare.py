@@ -12,9 +12,9 @@ from PIL import Image
 
 from carcli.data.devkit import write_devkit
 from carcli.data.fetch.build import FetchResult, build, read_marker, result_from_marker
-from carcli.data.fetch.progress import Reporter
 from carcli.data.images import open_rgb
 from carcli.data.layouts import TORCHVISION_DIR, Sample, load_dataset
+from carcli.progress import Reporter
 
 
 def _resize(src: Path, dest: Path, size: int) -> tuple[float, float]:
@@ -56,11 +56,12 @@ def prepare_copy(result: FetchResult, size: int, reporter: Reporter) -> FetchRes
         for _, dest in jobs:
             dest.parent.mkdir(parents=True, exist_ok=True)
         scaled = []
+        advance = reporter.stage(f"resize to {size} px", len(jobs), "images")
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
             scales = pool.map(lambda job: _resize(job[0].path, job[1], size), jobs)
             for i, ((sample, dest), scale) in enumerate(zip(jobs, scales, strict=True), 1):
                 scaled.append(_scaled(sample, dest, scale))
-                reporter.update(f"resize to {size} px", i, len(jobs), "images")
+                advance(i)
         if dataset.layout == "devkit":
             write_devkit(set_dir / TORCHVISION_DIR, dataset.class_names, scaled)
         return f"{result.name} at {size} px"

@@ -8,11 +8,11 @@ from pathlib import Path
 from carcli.data import demo
 from carcli.data.fetch.archives import extract, is_archive
 from carcli.data.fetch.build import FetchResult, build, split_counts
-from carcli.data.fetch.progress import Reporter
 from carcli.data.fetch.request import FOLDER, FetchRequest
 from carcli.data.fetch.sources import visible
 from carcli.data.layouts import DataSet, load_dataset
 from carcli.errors import CarcliError
+from carcli.progress import Reporter
 
 
 def _safe_folder_name(name: str) -> bool:

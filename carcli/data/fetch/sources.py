@@ -10,9 +10,9 @@ from pathlib import Path
 from carcli.data.devkit import DEVKIT_TEST_DIR, DEVKIT_TRAIN_DIR
 from carcli.data.fetch.archives import extract, is_archive
 from carcli.data.fetch.download import hash_file
-from carcli.data.fetch.progress import Reporter
 from carcli.data.layouts import IGNORED_NAMES, IMAGE_EXTENSIONS
 from carcli.errors import CarcliError
+from carcli.progress import Reporter
 
 
 @dataclass

@@ -11,10 +11,10 @@ from carcli.data.fetch.assemble import assemble_stanford_cars
 from carcli.data.fetch.build import FetchResult, build, check_replaceable, read_marker, result_from_marker
 from carcli.data.fetch.download import download
 from carcli.data.fetch.mirrors import Mirror, mirror_table
-from carcli.data.fetch.progress import Reporter
 from carcli.data.fetch.request import STANFORD_CARS, FetchRequest
 from carcli.data.layouts import TORCHVISION_DIR
 from carcli.errors import CarcliError, UsageError
+from carcli.progress import Reporter
 
 DOWNLOADS = ".downloads"
 
