@@ -28,7 +28,6 @@ from carcli.config import apply_options, read_config_file
 from carcli.errors import CarcliError, UsageError
 from carcli.limits import MIN_IMG_SIZE, check_img_size
 
-DEFAULT_EPOCHS = 30
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
 # the names below are checked against the modules that act on them (tests/test_train_config.py)
@@ -156,26 +155,30 @@ class TrainConfig:
     head: str = option(
         "linear", "Head: linear, mtl (make/type priors), mtl-aux (default linear).", MODEL, choices=HEADS
     )
-    drop_rate: float = option(0.0, "Dropout before the classifiers (default 0).", MODEL, **FRACTION)
+    drop_rate: float | None = option(None, "Dropout before the classifiers (default: the recipe's).", MODEL, **FRACTION)
     weights: str | None = option(None, "Local backbone weights (.pth/.safetensors) to start from.", MODEL, **PATH)
     pretrained: bool = option(False, "Start from the library's pretrained weights (network).", MODEL)
     freeze_backbone: bool = option(False, "Train the head only (frozen features).", MODEL)
     unfreeze_after: int = option(
         0, "Staged fine-tuning: head only for N epochs, then all (default 0).", MODEL, **NON_NEGATIVE
     )
-    epochs: int | None = option(None, "Epochs (default 30; the demo set: its own).", OPTIM, **AT_LEAST_1)
+    epochs: int | None = option(None, "Epochs (default: the recipe's).", OPTIM, **AT_LEAST_1)
     batch_size: int | None = option(None, "Images per step (default 32).", OPTIM, **AT_LEAST_1)
     accum_steps: int = option(1, "Batches per optimizer update (default 1).", OPTIM, **AT_LEAST_1)
-    lr: float | None = option(None, "Peak learning rate (default 1e-3 AdamW, 0.05 SGD).", OPTIM, **POSITIVE)
-    backbone_lr_scale: float = option(1.0, "Backbone lr = lr x this (default 1).", OPTIM, **POSITIVE, high=10)
-    optimizer: str = option("adamw", "adamw or sgd (Nesterov) (default adamw).", OPTIM, choices=OPTIMIZERS)
-    weight_decay: float = option(0.05, "Weight decay, not on biases/norms (default 0.05).", OPTIM, **NON_NEGATIVE)
-    momentum: float = option(0.9, "SGD momentum (default 0.9).", OPTIM, **FRACTION)
-    schedule: str = option(
-        "cosine", "cosine, multistep, exponential or onecycle (default cosine).", OPTIM, choices=SCHEDULES
+    lr: float | None = option(None, "Peak learning rate (default: the recipe's; SGD 0.05).", OPTIM, **POSITIVE)
+    backbone_lr_scale: float | None = option(
+        None, "Backbone lr = lr x this (default: the recipe's).", OPTIM, **POSITIVE, high=10
     )
-    warmup_epochs: float = option(
-        1.0, "Linear warmup epochs (onecycle: its rising phase) (default 1).", OPTIM, **NON_NEGATIVE
+    optimizer: str = option("adamw", "adamw or sgd (Nesterov) (default adamw).", OPTIM, choices=OPTIMIZERS)
+    weight_decay: float | None = option(
+        None, "Weight decay, not on biases/norms (default: the recipe's).", OPTIM, **NON_NEGATIVE
+    )
+    momentum: float = option(0.9, "SGD momentum (default 0.9).", OPTIM, **FRACTION)
+    schedule: str | None = option(
+        None, "cosine, multistep, exponential or onecycle (default: the recipe's).", OPTIM, choices=SCHEDULES
+    )
+    warmup_epochs: float | None = option(
+        None, "Linear warmup epochs (onecycle: its rising phase) (default: the recipe's).", OPTIM, **NON_NEGATIVE
     )
     milestones: list[int] = field(
         default_factory=list,
@@ -186,12 +189,16 @@ class TrainConfig:
     gamma: float | None = option(
         None, "multistep: drop factor [0.1]; exponential: per-epoch factor (default 0.9).", OPTIM, **POSITIVE, high=1
     )
-    ema: bool = option(False, "Keep an EMA of the weights; evaluate and save it.", OPTIM)
-    ema_decay: float = option(0.999, "EMA decay per update (default 0.999).", OPTIM, **POSITIVE, high=1, high_open=True)
+    ema: bool | None = option(None, "Keep an EMA of the weights; evaluate and save it (default: the recipe's).", OPTIM)
+    ema_decay: float | None = option(
+        None, "EMA decay per update (default: the recipe's).", OPTIM, **POSITIVE, high=1, high_open=True
+    )
     patience: int = option(0, "Early stop after N epochs without a better top-1 (0: off).", OPTIM, **NON_NEGATIVE)
     clip_grad: float = option(0.0, "Clip the gradient norm to this (0: off).", OPTIM, **NON_NEGATIVE)
     loss: str = option("ce", "ce, or cot (cross-entropy + complement entropy) (default ce).", LOSS, choices=LOSSES)
-    label_smoothing: float = option(0.1, "Label smoothing of every task's loss (default 0.1).", LOSS, **FRACTION)
+    label_smoothing: float | None = option(
+        None, "Label smoothing of every task's loss (default: the recipe's).", LOSS, **FRACTION
+    )
     loss_weights: dict[str, float] = field(
         default_factory=dict,
         metadata=described(
@@ -201,8 +208,8 @@ class TrainConfig:
     balance: str = option(
         "none", "Class imbalance: none, sampler (balanced batches) or weights (loss).", LOSS, choices=BALANCES
     )
-    augment: str = option(
-        "standard", "Preset: none, light, standard or strong (default standard).", AUG, choices=PRESETS
+    augment: str | None = option(
+        None, "Preset: none, light, standard or strong (default: the recipe's).", AUG, choices=PRESETS
     )
     crop_scale: float | None = option(None, "Smallest area share of the random resized crop.", AUG, **POSITIVE, high=1)
     hflip: bool | None = option(None, "Random horizontal flips.", AUG)

@@ -1,13 +1,15 @@
 """How a run's unset options are filled: the data set is loaded first (the demo set when `--data` is not
-given), then every option left `None` takes the demo set's, the architecture's or the general default
+given), then every option left `None` takes the value of the run's recipe (`RECIPES`: fine-tuning for a
+pretrained start, from scratch otherwise, the demo set's own), the architecture's or the general default
 (`resolve_defaults`), and the augmentation preset's values are written into the configuration, so a
-run's config.json describes it completely.
+run's config.json describes it completely. Flags and --config values are never overridden.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -22,8 +24,109 @@ from carcli.models.registry import get_arch
 from carcli.paths import data_home
 from carcli.progress import Reporter
 from carcli.train.compiling import has_compiler, initial_choice
-from carcli.train.config import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, TrainConfig, check_config
+from carcli.train.config import DEFAULT_BATCH_SIZE, DEFAULT_LR, TrainConfig, check_config
 from carcli.train.distributed import Dist, main_first
+
+
+def _tenth_of_the_run(config: TrainConfig) -> float:
+    return round(0.1 * (config.epochs or 1), 2)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The values a kind of run gives the options a user leaves unset (a value may depend on the config)."""
+
+    name: str
+    applies_to: str
+    values: Mapping[str, object | Callable[[TrainConfig], object]]
+
+
+# Measured on Stanford Cars photos, several seeds: docs/benchmarks.md "Accuracy (issue 14)".
+FINE_TUNE = Recipe(
+    "fine-tune",
+    "a pretrained start (--weights, --pretrained or --init)",
+    {
+        "epochs": 30,
+        "lr": 1e-3,
+        "backbone_lr_scale": 1.0,
+        "weight_decay": 0.05,
+        "schedule": "onecycle",
+        "warmup_epochs": _tenth_of_the_run,
+        "ema": False,
+        "ema_decay": 0.999,
+        "label_smoothing": 0.1,
+        "drop_rate": 0.0,
+        "augment": "none",
+        "crop_scale": 0.5,
+        "hflip": True,
+    },
+)
+# The GhostNet write-up's findings for training without pretrained weights (not measured here: a
+# from-scratch run on Stanford Cars takes days on a CPU): AdamW with high weight decay, dropout,
+# flips + affine + colour jitter, a long schedule.
+FROM_SCRATCH = Recipe(
+    "from-scratch",
+    "random initial weights",
+    {
+        "epochs": 60,
+        "lr": 1e-3,
+        "backbone_lr_scale": 1.0,
+        "weight_decay": 0.1,
+        "schedule": "cosine",
+        "warmup_epochs": _tenth_of_the_run,
+        "ema": False,
+        "ema_decay": 0.999,
+        "label_smoothing": 0.1,
+        "drop_rate": 0.25,
+        "augment": "standard",
+        "affine_degrees": 10.0,
+        "affine_translate": 0.1,
+        "affine_scale": 0.1,
+    },
+)
+DEMO = Recipe(  # a few minutes on a CPU, from scratch, on carcli's generated cars
+    "demo",
+    "carcli's generated demo set",
+    {
+        "epochs": demo.DEMO_EPOCHS,
+        "lr": demo.DEMO_LR,
+        "backbone_lr_scale": 1.0,
+        "weight_decay": 0.05,
+        "schedule": "cosine",
+        "warmup_epochs": 1.0,
+        "ema": False,
+        "ema_decay": 0.999,
+        "label_smoothing": 0.1,
+        "drop_rate": 0.0,
+        "augment": "standard",
+    },
+)
+RECIPES = {recipe.name: recipe for recipe in (FINE_TUNE, FROM_SCRATCH, DEMO)}
+
+
+def choose_recipe(config: TrainConfig) -> Recipe:
+    """Fine-tuning for a pretrained start, the demo set's own recipe on it, from scratch otherwise."""
+    if config.weights or config.pretrained or config.init:
+        return FINE_TUNE
+    return DEMO if config.data is None else FROM_SCRATCH
+
+
+def apply_recipe(config: TrainConfig, recipe: Recipe) -> dict[str, object]:
+    """Give every unset option the recipe has a value for that value (in the recipe's order); returns them."""
+    filled: dict[str, object] = {}
+    for name, value in recipe.values.items():
+        if getattr(config, name) is None and not (name == "lr" and config.optimizer != "adamw"):
+            filled[name] = value(config) if callable(value) else value
+            setattr(config, name, filled[name])
+    return filled
+
+
+def recipe_line(recipe: Recipe, filled: Mapping[str, object]) -> str:
+    """One line naming the recipe and the values it gave; flags and --config override any of them."""
+    values = ", ".join(
+        f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}" for name, value in filled.items()
+    )
+    return f"recipe {recipe.name} ({recipe.applies_to}): {values}; a flag or --config value overrides any of these"
 
 
 def complete_config(config: TrainConfig, reporter: Reporter, device: torch.device, ddp: Dist) -> DataSet:
@@ -31,7 +134,9 @@ def complete_config(config: TrainConfig, reporter: Reporter, device: torch.devic
     with main_first(ddp):
         dataset = load_data(config, reporter)
     asked_compile = config.compile
-    resolve_defaults(config, dataset, device, ddp)
+    line = resolve_defaults(config, dataset, device, ddp)
+    if line:
+        reporter.info(line)
     check_config(config)
     if asked_compile == "auto" and config.compile == "off":
         reporter.info("--compile auto: no C++ compiler found (torch.compile needs one on CPUs); training eagerly")
@@ -58,24 +163,22 @@ def load_data(config: TrainConfig, reporter: Reporter) -> DataSet:
     return load_dataset(root, config.val_fraction, config.seed)
 
 
-def resolve_defaults(config: TrainConfig, dataset: DataSet, device: torch.device, ddp: Dist) -> None:
-    """Fill unset options: the demo set recommends its own size and schedule; others use general defaults."""
-    is_demo = config.data is None
+def resolve_defaults(config: TrainConfig, dataset: DataSet, device: torch.device, ddp: Dist) -> str | None:
+    """Fill unset options: the run's recipe first (returns the line that says so, None when it filled
+    nothing), then the architecture's image size, the optimizer's lr, the loader workers..."""
+    recipe = choose_recipe(config)
+    filled = apply_recipe(config, recipe)
     if config.init:  # a later stage of a trained model: its architecture
         config.arch = read_metadata(Path(config.init)).arch
-    if config.img_size is None and is_demo:
-        config.img_size = demo.DEMO_IMG_SIZE
+    is_demo = config.data is None  # the demo set has its own image and batch size, whatever the recipe
     if config.img_size is None:
-        config.img_size = get_arch(config.arch).img_size
+        config.img_size = demo.DEMO_IMG_SIZE if is_demo else get_arch(config.arch).img_size
     if config.eval_img_size is None:
         config.eval_img_size = config.img_size
-    if config.epochs is None:
-        config.epochs = demo.DEMO_EPOCHS if is_demo else DEFAULT_EPOCHS
     if config.batch_size is None:
         config.batch_size = demo.DEMO_BATCH_SIZE if is_demo else DEFAULT_BATCH_SIZE
     if config.lr is None:
-        demo_lr = is_demo and config.optimizer == "adamw"
-        config.lr = demo.DEMO_LR if demo_lr else DEFAULT_LR.get(config.optimizer, DEFAULT_LR["adamw"])
+        config.lr = DEFAULT_LR[config.optimizer]
     if config.workers is None:
         config.workers = _default_workers(config, device, ddp)
     config.compile = initial_choice(config.compile, device.type, has_compiler())
@@ -83,6 +186,7 @@ def resolve_defaults(config: TrainConfig, dataset: DataSet, device: torch.device
         config.data = str(dataset.root)
     for name, value in asdict(config.augment_parts).items():  # record the preset's values: runs describe themselves
         setattr(config, name, value)
+    return recipe_line(recipe, filled) if filled else None
 
 
 def _default_workers(config: TrainConfig, device: torch.device, ddp: Dist) -> int:
