@@ -103,7 +103,7 @@ def _finish_with_resume(run: Path, epochs: int) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == list(range(1, epochs + 1))
-    assert load_model(run / "best.st")[1]["train"]["epochs"] == epochs
+    assert load_model(run / "best.st")[1].train_option("epochs", None) == epochs
 
 
 @pytest.mark.slow

@@ -109,12 +109,14 @@ def _train(
     reporter = reporter if ddp.main else SilentReporter()
     device = resolve_device(config.device, ddp.local_rank if ddp.world > 1 else None)
     spec = get_arch(config.arch)  # an unknown arch is a usage error: before any notice about the data
-    dataset = complete_config(config, reporter, device, ddp)
+    dataset, recipe_line = complete_config(config, reporter, device, ddp)
     taxonomy = Taxonomy.from_class_names(dataset.class_names)
     check_loss_weights(config.loss_weights, config.head, _task_sizes(taxonomy))
     seed_everything(config.seed + ddp.rank)
     share_cores(device, config.workers or 0, ddp)
     model = _build_model(config, taxonomy, model, resume, device, reporter)
+    if recipe_line:
+        reporter.info(recipe_line)
     teachers = _teachers(config, taxonomy, spec, device, reporter)
     runtime = make_runtime(config, device, model)
     parameters = sum(p.numel() for p in model.parameters())

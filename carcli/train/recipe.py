@@ -129,18 +129,20 @@ def recipe_line(recipe: Recipe, filled: Mapping[str, object]) -> str:
     return f"recipe {recipe.name} ({recipe.applies_to}): {values}; a flag or --config value overrides any of these"
 
 
-def complete_config(config: TrainConfig, reporter: Reporter, device: torch.device, ddp: Dist) -> DataSet:
-    """Load the data set (rank 0 first: it may generate the demo set) and fill `config`'s unset options."""
+def complete_config(
+    config: TrainConfig, reporter: Reporter, device: torch.device, ddp: Dist
+) -> tuple[DataSet, str | None]:
+    """Load the data set (rank 0 first: it may generate the demo set) and fill `config`'s unset options;
+    returns the data set and the line naming the recipe (None when it filled nothing), for the caller to
+    report once the run's model is built (a usage error stays the only line)."""
     with main_first(ddp):
         dataset = load_data(config, reporter)
     asked_compile = config.compile
     line = resolve_defaults(config, dataset, device, ddp)
-    if line:
-        reporter.info(line)
     check_config(config)
     if asked_compile == "auto" and config.compile == "off":
         reporter.info("--compile auto: no C++ compiler found (torch.compile needs one on CPUs); training eagerly")
-    return dataset
+    return dataset, line
 
 
 def load_data(config: TrainConfig, reporter: Reporter) -> DataSet:
