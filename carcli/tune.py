@@ -184,7 +184,8 @@ def _prepare(request: TuneRequest) -> tuple[TrainConfig, list[Dimension], Path]:
         raise UsageError("--storage needs --study NAME: every machine joins the study by that name")
     base = make_config(request.options, request.config_file)
     base.data, base.weights = (str(Path(p).resolve()) if p else None for p in (base.data, base.weights))
-    if base.head == "linear" and request.metric != FINE:
+    head_is_linear = base.head == "linear" or (base.head is None and not base.pretrained_start)
+    if head_is_linear and request.metric != FINE:
         raise UsageError(f"--metric {request.metric} needs --head mtl or mtl-aux (the linear head predicts {FINE})")
     if base.data is not None and not Path(base.data).exists():
         raise CarcliError(f"--data {base.data} not found")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import timm
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from carcli.cli import app
@@ -46,6 +48,17 @@ def test_a_recipe_fills_only_the_options_left_unset() -> None:
     assert f"schedule {FINE_TUNE.values['schedule']}" in line and "\n" not in line
 
 
+CAR_TASKS = ("model", "make", "type", "year")
+
+
+def test_fine_tuning_on_car_names_takes_the_mtl_head() -> None:
+    assert apply_recipe(TrainConfig(data="cars", weights="w.pth"), FINE_TUNE, CAR_TASKS)["head"] == "mtl"
+    assert apply_recipe(TrainConfig(data="birds", weights="w.pth"), FINE_TUNE, ("model",))["head"] == "linear"
+    assert apply_recipe(TrainConfig(data="cars"), FROM_SCRATCH, CAR_TASKS)["head"] == "linear"  # not measured
+    given = TrainConfig(data="cars", weights="w.pth", head="mtl-aux")
+    assert "head" not in apply_recipe(given, FINE_TUNE, CAR_TASKS) and given.head == "mtl-aux"
+
+
 def invoke(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(app, list(args))
     return result.exit_code, result.output
@@ -63,6 +76,7 @@ def test_a_run_says_its_recipe_and_config_json_records_every_value(tiny_set: Pat
     for name in ("drop_rate", "schedule", "affine_degrees", "label_smoothing", "augment"):
         assert config[name] == FROM_SCRATCH.values[name], name
     assert config["warmup_epochs"] == 0.1  # a tenth of one epoch
+    assert config["head"] == "linear"  # from scratch, even on car names
 
     stage = tmp_path / "stage"
     code, output = invoke("train", "--data", str(tiny_set), "--epochs", "1", "--init", str(scratch / "best.st"),
@@ -72,3 +86,13 @@ def test_a_run_says_its_recipe_and_config_json_records_every_value(tiny_set: Pat
     config = json.loads((stage / "config.json").read_text())
     for name in ("schedule", "crop_scale", "hflip", "weight_decay", "drop_rate", "ema"):
         assert config[name] == FINE_TUNE.values[name], name
+    assert config["head"] == "linear"  # a later stage keeps its checkpoint's head
+
+    tuned = tmp_path / "tuned"  # backbone weights on car class names: the fine-tune recipe's mtl head
+    save_file(timm.create_model("ghostnet_100", num_classes=0).state_dict(), tmp_path / "ghostnet.safetensors")
+    code, output = invoke("train", "--data", str(tiny_set), "--epochs", "1", "--weights",
+                          str(tmp_path / "ghostnet.safetensors"), "--out", str(tuned), *TINY_FLAGS)  # fmt: skip
+    assert code == 0, output
+    assert "head mtl" in next(line for line in output.splitlines() if "recipe fine-tune" in line)
+    assert json.loads((tuned / "config.json").read_text())["head"] == "mtl"
+    assert "make" in json.loads((tuned / "metrics.jsonl").read_text().splitlines()[-1])["val_top1"]

@@ -7,7 +7,6 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from torchvision.transforms import v2
 
 from carcli import train as train_module
 from carcli.data.images import open_rgb
+from carcli.data.layouts import load_dataset
 from carcli.data.sampling import EpochSampler, class_balanced_weights
 from carcli.data.transforms import PRESETS, batch_mixer, resolve_augment, train_transform
 from carcli.device import cpu_has_bf16
@@ -335,11 +335,12 @@ def test_auto_precision_trains_a_dense_net_in_bf16_on_cpus_that_have_it(tiny_set
 def test_compile_auto_is_on_with_cuda_and_decided_later_on_cpus(tiny_set, device, resolved, monkeypatch):
     monkeypatch.setattr(recipe, "has_compiler", lambda: True)
     config = TrainConfig(data=str(tiny_set), img_size=32, batch_size=8, epochs=1)
-    recipe.resolve_defaults(config, SimpleNamespace(root=tiny_set), torch.device(device), distributed.Dist())
+    dataset = load_dataset(tiny_set)
+    recipe.resolve_defaults(config, dataset, torch.device(device), distributed.Dist())
     assert config.compile == resolved
     for given, kept in (("off", "off"), ("on", "on"), (False, "off"), (True, "on")):  # bools: older config files
         fixed = TrainConfig(data=str(tiny_set), img_size=32, batch_size=8, epochs=1, compile=given)
-        recipe.resolve_defaults(fixed, SimpleNamespace(root=tiny_set), torch.device(device), distributed.Dist())
+        recipe.resolve_defaults(fixed, dataset, torch.device(device), distributed.Dist())
         assert fixed.compile == kept  # --compile on/off (--no-compile) is kept as given
 
 

@@ -152,8 +152,12 @@ class TrainConfig:
     arch: str = option(
         "ghostnet", "Backbone: a name from `carcli archs`, timm:NAME or tv:NAME (default ghostnet).", MODEL
     )
-    head: str = option(
-        "linear", "Head: linear, mtl (make/type priors), mtl-aux (default linear).", MODEL, choices=HEADS
+    head: str | None = option(
+        None,
+        "Head: linear, mtl (make/type priors), mtl-aux (default: the recipe's: mtl when fine-tuning on car "
+        "class names, else linear).",
+        MODEL,
+        choices=HEADS,
     )
     drop_rate: float | None = option(None, "Dropout before the classifiers (default: the recipe's).", MODEL, **FRACTION)
     weights: str | None = option(None, "Local backbone weights (.pth/.safetensors) to start from.", MODEL, **PATH)
@@ -275,6 +279,11 @@ class TrainConfig:
     distill_temperature: float = option(
         2.0, "With --teacher: softmax temperature of the distillation term (default 2).", LOSS, **POSITIVE
     )
+
+    @property
+    def pretrained_start(self) -> bool:
+        """Whether the run starts from trained weights (--weights, --pretrained or --init)."""
+        return bool(self.weights or self.pretrained or self.init)
 
     @property
     def augment_parts(self) -> Any:
