@@ -10,9 +10,14 @@ carcli side: `carcli.train.train` with the same augmentation and `cache` on (the
 and augmentation of whole batches), one epoch; its training images/s (validation excluded).
 Also the data pipelines alone (no model) against the decode limit: one core's decode + resize
 rate times the cores.
+`--epochs N` trains every setting N epochs (rates include whatever compiling costs), long enough for
+carcli's `--compile auto` (its default) to decide after the first epoch; the variants
+`carcli_compile_off` and `carcli_compile_on` show what each choice would have given on the same work.
 
     python benchmarks/throughput.py --repeats 3           # 49 classes, 160 px, batch 32, CPU; medians of 3
     python benchmarks/throughput.py --classes 196 --img-size 224 --device cuda
+    python benchmarks/throughput.py --archs efficientnet_lite0 --classes 196 --epochs 3 \
+        --variants timm_channels_last,carcli,carcli_compile_off,carcli_compile_on
 """
 
 from __future__ import annotations
@@ -46,7 +51,15 @@ from carcli.train import Step, TrainConfig, train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "stanford_cars"
 ARCHS = ("ghostnet", "resnet34", "efficientnet_lite0")
-VARIANTS = ("timm", "timm_channels_last", "timm_channels_last_bf16", "carcli")
+VARIANTS = (
+    "timm",
+    "timm_channels_last",
+    "timm_channels_last_bf16",
+    "carcli",
+    "carcli_compile_off",
+    "carcli_compile_on",
+)
+DEFAULT_VARIANTS = VARIANTS[:4]
 TIMM_AUGMENT = Augment(crop_scale=0.08, hflip=True, color_jitter=0.4)  # what create_transform does when training
 
 
@@ -92,8 +105,8 @@ def timm_train(
     channels_last: bool = False,
     bf16: bool = False,
 ) -> float:
-    """One epoch of timm's loop (train.py's defaults; `channels_last`, `bf16` as its --channels-last,
-    --amp --amp-dtype bfloat16): images/s."""
+    """`args.epochs` epochs of timm's loop (train.py's defaults; `channels_last`, `bf16` as its
+    --channels-last, --amp --amp-dtype bfloat16): images/s."""
     model = timm.create_model(get_arch(arch).model_name, num_classes=args.classes).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -115,7 +128,7 @@ def timm_train(
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    return images_per_s(loader, step)
+    return images_per_s((batch for _ in range(args.epochs) for batch in loader), step)
 
 
 class StepTimes(SilentReporter):
@@ -133,16 +146,27 @@ class StepTimes(SilentReporter):
         return steps * batch / (self.times[-1] - self.times[warmup - 1]) if steps > 0 else float("nan")
 
 
-def carcli_train(arch: str, root: Path, args: argparse.Namespace, out: Path) -> float:
-    """One epoch of `carcli train --cache` with timm's augmentation: training images/s after two warm-up steps."""
+def carcli_train(arch: str, root: Path, args: argparse.Namespace, out: Path, compile: str = "auto") -> float:
+    """`args.epochs` epochs of `carcli train --cache` with timm's augmentation and `--compile compile`:
+    training images/s after two warm-up steps (validation excluded)."""
     config = TrainConfig(
-        data=str(root), arch=arch, img_size=args.img_size, batch_size=args.batch_size, epochs=1,
-        device=args.device, out=str(out / f"carcli-{arch}"), cache=True, augment="none",
+        data=str(root), arch=arch, img_size=args.img_size, batch_size=args.batch_size, epochs=args.epochs,
+        device=args.device, out=str(out / f"carcli-{arch}-{compile}"), cache=True, augment="none",
         crop_scale=TIMM_AUGMENT.crop_scale, hflip=True, color_jitter=TIMM_AUGMENT.color_jitter, warmup_epochs=0.0,
+        compile=compile,
     )  # fmt: skip
     steps = StepTimes()
     train(config, steps)
     return steps.images_per_s(args.batch_size)
+
+
+def run_variant(name: str, arch: str, root: Path, args: argparse.Namespace, device: torch.device, out: Path) -> float:
+    """Images/s of one setting of VARIANTS."""
+    if name not in VARIANTS:
+        raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+    if name.startswith("carcli"):
+        return carcli_train(arch, root, args, out, name.rpartition("_")[2] if "compile" in name else "auto")
+    return timm_train(arch, root, args, device, channels_last="channels_last" in name, bf16="bf16" in name)
 
 
 def decode_limit(root: Path, img_size: int, limit: int = 200) -> float:
@@ -177,6 +201,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--timm-workers", type=int, default=min(4, os.cpu_count() or 1), help="train.py's -j (4)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each setting; the median is reported")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs of every setting")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"some of {', '.join(VARIANTS)}")
     parser.add_argument("--out", type=Path, default=Path("/tmp/throughput.json"))
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -188,17 +214,19 @@ def main() -> None:
         results: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(args).items()}, "pipeline": {}, "train": {}}
         results["pipeline"] = pipelines(root, args, device)
         print(json.dumps(results["pipeline"]), flush=True)
+        variants = args.variants.split(",")
         for arch in args.archs.split(","):
-            rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
+            rates: dict[str, list[float]] = {name: [] for name in variants}
             for repeat in range(args.repeats):  # interleaved, so a slow spell of a shared machine hits all alike
-                rates["timm"].append(timm_train(arch, root, args, device))
-                rates["timm_channels_last"].append(timm_train(arch, root, args, device, channels_last=True))
-                rates["timm_channels_last_bf16"].append(timm_train(arch, root, args, device, True, bf16=True))
-                rates["carcli"].append(carcli_train(arch, root, args, work / f"run{repeat}"))
+                for name in variants:
+                    rates[name].append(run_variant(name, arch, root, args, device, work / f"run{repeat}"))
             result: dict[str, Any] = {name: statistics.median(values) for name, values in rates.items()}
             result["runs"] = rates
-            result["ratio"] = result["carcli"] / result["timm"]
-            result["ratio_best_timm"] = result["carcli"] / max(result[name] for name in VARIANTS if name != "carcli")
+            timm_rates = [result[name] for name in variants if name.startswith("timm")]
+            if "carcli" in result and timm_rates:
+                result["ratio_best_timm"] = result["carcli"] / max(timm_rates)
+            if "carcli" in result and "timm" in result:
+                result["ratio"] = result["carcli"] / result["timm"]
             results["train"][arch] = result
             print(arch, json.dumps(result), flush=True)
         args.out.write_text(json.dumps(results, indent=2))
@@ -213,13 +241,14 @@ def print_table(results: dict[str, Any]) -> None:
     print(f"| timm create_loader | {pipe['timm']:.0f} |\n| carcli store + batch augmentation | {pipe['carcli']:.0f} |")
     print(f"| decode limit (one core x cores) | {pipe['decode_limit']:.0f} |")
     print(f"\nstore built once in {pipe['store_build_s']:.1f} s\n")
-    print(
-        "| arch | timm | timm --channels-last | timm --channels-last --amp bf16 | carcli | carcli / timm "
-        "| carcli / fastest timm |\n|---|---:|---:|---:|---:|---:|---:|"
-    )
+    variants = results["settings"]["variants"].split(",")
+    ratios = [key for key in ("ratio", "ratio_best_timm") if key in next(iter(results["train"].values()), {})]
+    names = {"ratio": "carcli / timm", "ratio_best_timm": "carcli / fastest timm"}
+    print(f"| arch | {' | '.join(variants + [names[k] for k in ratios])} |")
+    print("|---|" + "---:|" * (len(variants) + len(ratios)))
     for arch, r in results["train"].items():
-        rates = " | ".join(f"{r[key]:.1f}" for key in VARIANTS)
-        print(f"| {arch} | {rates} | {r['ratio']:.2f}x | {r['ratio_best_timm']:.2f}x |")
+        cells = [f"{r[key]:.1f}" for key in variants] + [f"{r[key]:.2f}x" for key in ratios]
+        print(f"| {arch} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

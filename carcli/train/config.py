@@ -29,7 +29,7 @@ from carcli.errors import CarcliError, UsageError
 from carcli.limits import MIN_IMG_SIZE, check_img_size
 
 DEFAULT_BATCH_SIZE = 32
-DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
+SGD_LR = 0.05  # every recipe's lr is AdamW's: SGD runs take this one
 # the names below are checked against the modules that act on them (tests/test_train_config.py)
 HEADS = ("linear", "mtl", "mtl-aux")  # carcli.models.heads.HEADS
 OPTIMIZERS = ("adamw", "sgd")  # carcli.train.optim

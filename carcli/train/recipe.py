@@ -24,7 +24,7 @@ from carcli.models.registry import get_arch
 from carcli.paths import data_home
 from carcli.progress import Reporter
 from carcli.train.compiling import has_compiler, initial_choice
-from carcli.train.config import DEFAULT_BATCH_SIZE, DEFAULT_LR, TrainConfig, check_config
+from carcli.train.config import DEFAULT_BATCH_SIZE, SGD_LR, TrainConfig, check_config
 from carcli.train.distributed import Dist, main_first
 
 
@@ -191,7 +191,7 @@ def resolve_defaults(config: TrainConfig, dataset: DataSet, device: torch.device
     if config.batch_size is None:
         config.batch_size = demo.DEMO_BATCH_SIZE if is_demo else DEFAULT_BATCH_SIZE
     if config.lr is None:
-        config.lr = DEFAULT_LR[config.optimizer]
+        config.lr = SGD_LR  # the recipes give AdamW's lr only
     if config.workers is None:
         config.workers = _default_workers(config, device, ddp)
     config.compile = initial_choice(config.compile, device.type, has_compiler())
