@@ -69,7 +69,8 @@ def class_folders(classes: int, out: Path) -> Path:
     for sample in dataset.samples:
         if sample.label >= classes:
             continue
-        folder = out / ("train" if sample.split == "train" else "val") / dataset.class_names[sample.label]
+        name = dataset.class_names[sample.label].replace("/", "-")  # "Ram C/V ...": one folder
+        folder = out / ("train" if sample.split == "train" else "val") / name
         folder.mkdir(parents=True, exist_ok=True)
         (folder / sample.path.name).symlink_to(sample.path)
     return out
