@@ -47,7 +47,7 @@ from carcli.data.packed import PackedDataset, load_or_build, store_side
 from carcli.data.transforms import Augment
 from carcli.models.registry import get_arch
 from carcli.progress import Event, SilentReporter
-from carcli.train import Step, TrainConfig, train
+from carcli.train import EpochEnd, Step, TrainConfig, train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "stanford_cars"
 ARCHS = ("ghostnet", "resnet34", "efficientnet_lite0")
@@ -61,6 +61,12 @@ VARIANTS = (
 )
 DEFAULT_VARIANTS = VARIANTS[:4]
 TIMM_AUGMENT = Augment(crop_scale=0.08, hflip=True, color_jitter=0.4)  # what create_transform does when training
+# timm's loop above, for every option a carcli recipe would otherwise fill (from scratch: affine
+# augmentation, which has no batched form, dropout, its own learning rate and weight decay)
+SAME_AS_TIMM = {
+    "head": "linear", "lr": 1e-3, "weight_decay": 0.05, "label_smoothing": 0.1, "drop_rate": 0.0, "ema": False,
+    "affine_degrees": 0.0, "affine_translate": 0.0, "affine_scale": 0.0, "affine_shear": 0.0, "schedule": "cosine",
+}  # fmt: skip
 
 
 def class_folders(classes: int, out: Path) -> Path:
@@ -133,18 +139,21 @@ def timm_train(
 
 
 class StepTimes(SilentReporter):
-    """Wall-clock time of every training step, for a rate measured as `images_per_s` measures timm's."""
+    """Wall-clock time of every training step, for a rate measured as `images_per_s` measures timm's:
+    validation and the files written at an epoch's end are left out (timm's loop has neither), the
+    first step after them (loader restart, a compile) is kept."""
 
     def __init__(self) -> None:
-        self.times: list[float] = []
+        self.marks: list[tuple[float, bool]] = []  # (time, whether a step ended there; else an epoch did)
 
     def progress(self, event: Event) -> None:
-        if isinstance(event, Step):
-            self.times.append(time.perf_counter())
+        if isinstance(event, Step | EpochEnd):
+            self.marks.append((time.perf_counter(), isinstance(event, Step)))
 
     def images_per_s(self, batch: int, warmup: int = 2) -> float:
-        steps = len(self.times) - warmup
-        return steps * batch / (self.times[-1] - self.times[warmup - 1]) if steps > 0 else float("nan")
+        steps = [index for index, (_, is_step) in enumerate(self.marks) if is_step][warmup:]
+        seconds = sum(self.marks[index][0] - self.marks[index - 1][0] for index in steps)
+        return len(steps) * batch / seconds if steps else float("nan")
 
 
 def carcli_train(arch: str, root: Path, args: argparse.Namespace, out: Path, compile: str = "auto") -> float:
@@ -154,7 +163,7 @@ def carcli_train(arch: str, root: Path, args: argparse.Namespace, out: Path, com
         data=str(root), arch=arch, img_size=args.img_size, batch_size=args.batch_size, epochs=args.epochs,
         device=args.device, out=str(out / f"carcli-{arch}-{compile}"), cache=True, augment="none",
         crop_scale=TIMM_AUGMENT.crop_scale, hflip=True, color_jitter=TIMM_AUGMENT.color_jitter, warmup_epochs=0.0,
-        compile=compile,
+        compile=compile, **SAME_AS_TIMM,
     )  # fmt: skip
     steps = StepTimes()
     train(config, steps)
