@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from carcli.models.weights import init_from_checkpoint
 from carcli.predict import predict
 from carcli.progress import SilentReporter
 from carcli.prune import prune_checkpoint
-from carcli.train import TrainConfig, distributed, recipe, resume_config, runtime, train
+from carcli.train import TrainConfig, compiling, distributed, recipe, resume_config, runtime, train
 from carcli.train.config import check_config
 
 TINY = {"arch": "ghostnet", "img_size": 32, "batch_size": 8, "workers": 0, "device": "cpu", "warmup_epochs": 0.0}
@@ -222,24 +223,62 @@ def test_hierarchy_consistent_answers_are_consistent_and_the_fit_uses_the_coarse
 # ---------------------------------------------------------------- --compile auto
 
 
+def _auto_compile(monkeypatch, lines: list[str]) -> runtime.AutoCompile:
+    """An AutoCompile for a depthwise net (1.25x expected) whose compiling is recorded, not done."""
+    monkeypatch.setattr(runtime, "_compiled", lambda net: f"compiled {net}")
+    reporter = type("R", (), {"info": staticmethod(lines.append)})()
+    return runtime.AutoCompile(depthwise=True, reporter=reporter, ddp=distributed.Dist())
+
+
 def test_compile_auto_decides_from_the_measured_step_time(monkeypatch):
-    from carcli.models.registry import create_model
     from carcli.train.compiling import COMPILE_SECONDS, initial_choice
 
-    compiled: list[torch.nn.Module] = []
-    monkeypatch.setattr(runtime, "_compiled", lambda net: compiled.append(net) or "compiled")
-    model = create_model("ghostnet", "linear", {"model": 4})  # depthwise: 1.25x expected
-    config = TrainConfig(batch_size=32, compile="auto")
     lines: list[str] = []
-    reporter = type("R", (), {"info": staticmethod(lines.append)})()
-    # 32 images at 64 img/s = 0.5 s a step; 2000 steps left save 2000 * 0.5 * 0.2 = 200 s > the compile's 100 s
-    net = runtime.auto_compile(model, model, config, {"images_per_s": 64.0}, 2000, reporter, distributed.Dist())
-    assert net == "compiled" and compiled == [model] and config.compile == "auto"  # the config keeps "auto"
+    # 0.5 s a step; 2000 steps left save 2000 * 0.5 * 0.2 = 200 s > the compile's 100 s
+    assert _auto_compile(monkeypatch, lines).after_epoch("net", {"step_seconds": 0.5}, 2000) == "compiled net"
     assert "compiling" in lines[-1] and f"{COMPILE_SECONDS:.0f} s" in lines[-1]
-    # 200 steps left: 20 s saved, not worth 100 s of compiling
-    net = runtime.auto_compile(model, model, config, {"images_per_s": 64.0}, 200, reporter, distributed.Dist())
-    assert net is model and "staying eager" in lines[-1]
+    # 200 steps left: 20 s saved, not worth 100 s of compiling; decided once: later epochs change nothing
+    auto = _auto_compile(monkeypatch, lines)
+    assert auto.after_epoch("net", {"step_seconds": 0.5}, 200) == "net" and "staying eager" in lines[-1]
+    assert auto.after_epoch("net", {"step_seconds": 50.0}, 199) == "net" and len(lines) == 2
     # the same 200 steps at 10 s each (a slow CPU) pay for it
-    net = runtime.auto_compile(model, model, config, {"images_per_s": 3.2}, 200, reporter, distributed.Dist())
-    assert net == "compiled"
+    assert _auto_compile(monkeypatch, lines).after_epoch("net", {"step_seconds": 10.0}, 200) == "compiled net"
     assert initial_choice("auto", "cpu", compiler=False) == "off" and initial_choice("auto", "cuda", False) == "on"
+    config = TrainConfig(batch_size=32, compile="auto")
+    assert config.compile == "auto"  # the config keeps "auto": a rerun decides afresh
+
+
+@pytest.mark.parametrize(("compiled_step", "kept"), [(0.40, True), (0.485, True), (0.495, False), (0.6, False)])
+def test_compile_auto_goes_back_to_eager_when_compiled_steps_are_not_faster(monkeypatch, compiled_step, kept):
+    lines: list[str] = []
+    auto = _auto_compile(monkeypatch, lines)
+    net = auto.after_epoch("net", {"step_seconds": 0.5}, 2000)
+    assert net == "compiled net"
+    net = auto.after_epoch(net, {"step_seconds": compiled_step}, 1900)
+    assert net == ("compiled net" if kept else "net")
+    assert ("keeping it" in lines[-1]) == kept and f"{1000 * compiled_step:.0f} ms against 500 ms" in lines[-1]
+    assert auto.after_epoch(net, {"step_seconds": 9.0}, 1800) == net and len(lines) == 2  # settled
+
+
+def test_compile_auto_in_a_run_compiles_after_epoch_1_and_goes_back_when_slower(monkeypatch, tiny_set, tmp_path):
+    """The run's real step times drive both decisions: with a free compile the first epoch's steps decide for it;
+    the stand-in "compiled" net is slower, so the second epoch's median step sends the run back to eager."""
+
+    class Slower(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, images: torch.Tensor):
+            time.sleep(0.2)
+            return self.net(images)
+
+    monkeypatch.setattr(recipe, "has_compiler", lambda: True)
+    monkeypatch.setattr(runtime, "decide", lambda *a: compiling.decide(*a, compile_seconds=0.0))
+    monkeypatch.setattr(runtime, "_compiled", Slower)
+    lines: list[str] = []
+    reporter = type("R", (SilentReporter,), {"info": staticmethod(lines.append)})()
+    train(tiny_config(tiny_set, tmp_path / "run", epochs=3, compile="auto"), reporter)
+    said = [line for line in lines if line.startswith("--compile auto")]
+    assert len(said) == 2 and "compiling" in said[0], said
+    assert "back to eager" in said[1], said

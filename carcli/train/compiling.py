@@ -1,14 +1,18 @@
 """When training runs through torch.compile: `--compile auto|on|off` (carcli.train.runtime applies the choice).
 
 `auto` compiles on CUDA at once. On CPUs it first trains one epoch eagerly, then compiles only when
-the rest of the run is long enough to repay the compile time with the faster steps:
+the rest of the run is long enough to repay the compile time with the faster steps (`decide`):
 
     remaining steps x measured step time x (1 - 1 / expected speed-up) > estimated compile seconds
 
-The estimates come from docs/benchmarks.md (2-core CPU VM): a first compile took 53 s (resnet34) to
-104 s (ghostnet) with an empty inductor cache; compiled steps were 1.25-1.4x faster for the depthwise
-nets (ghostnet, efficientnet_lite0) and 1.04x for resnet34. Without a C++ compiler (inductor needs
-one on CPUs) `auto` trains eagerly and says so.
+and after the first compiled epoch keeps the compiled model only if its median step is faster than the
+eager epoch's (`keep_compiled`): the speed-up depends on the CPU as much as on the net, so a wrong
+guess costs one compile and one epoch, not the run.
+
+The estimates come from docs/benchmarks.md (2-core CPU VMs): a first compile took 53 s (resnet34) to
+104 s (ghostnet) with an empty inductor cache; compiled steps were 1.25-1.4x faster for ghostnet,
+1.04x for resnet34 and, depending on the CPU, 0.96-1.25x for efficientnet_lite0. Without a C++
+compiler (inductor needs one on CPUs) `auto` trains eagerly and says so.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 
 COMPILE_SECONDS = 100.0  # a first CPU compile of a small net, training and evaluation graphs (measured 53-104 s)
 SPEEDUP = {True: 1.25, False: 1.04}  # compiled / eager step rate on CPUs: depthwise nets, others
+KEEP_BELOW = 0.98  # a compiled step must take under 98 % of an eager one to be kept
 TRUE_VALUES = (True, "on")
 
 
@@ -64,4 +69,16 @@ def decide(
         saved > compile_seconds,
         f"--compile auto: {verdict} ({remaining_steps} steps left at {1000 * step_seconds:.0f} ms; compiling "
         f"would save about {saved:.0f} s for about {compile_seconds:.0f} s of compiling)",
+    )
+
+
+def keep_compiled(eager_step_seconds: float, compiled_step_seconds: float) -> Decision:
+    """`auto` on a CPU, after the first compiled epoch: keep the compiled model only when its median step
+    beats the eager epoch's."""
+    keep = compiled_step_seconds < KEEP_BELOW * eager_step_seconds
+    verdict = "keeping it" if keep else "back to eager for the rest of the run"
+    return Decision(
+        keep,
+        f"--compile auto: a compiled step took {1000 * compiled_step_seconds:.0f} ms against "
+        f"{1000 * eager_step_seconds:.0f} ms eager; {verdict}",
     )

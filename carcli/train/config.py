@@ -235,7 +235,8 @@ class TrainConfig:
     )
     # NHWC: 1.3-1.7x faster training of depthwise-conv nets on CPU (docs/benchmarks.md)
     channels_last: bool = option(True, "channels_last (NHWC) memory format (default on).", RUN)
-    # auto: on with CUDA; on CPUs when the run is long enough to repay the compile (carcli.train.compiling)
+    # auto: on with CUDA; on CPUs when the run is long enough to repay the compile, kept only if the compiled
+    # steps are faster (carcli.train.compiling)
     compile: str | bool | None = option(
         "auto", "torch.compile: auto (CUDA; CPUs when it pays), on, off (default auto); --no-compile = off.", RUN,
         choices=COMPILE_CHOICES, negated="off",

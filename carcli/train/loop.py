@@ -59,8 +59,9 @@ from carcli.train.run_files import (
 )
 from carcli.train.run_state import Progress, RunState, load_run_state, restore_state, save_state
 from carcli.train.runtime import (
+    AutoCompile,
     Runtime,
-    auto_compile,
+    has_depthwise_conv,
     make_ema,
     make_runtime,
     seed_everything,
@@ -237,7 +238,7 @@ def _run_epochs(ctx: StepContext, files: RunFiles, validating: bool) -> bool:
     """The run's remaining epochs; True when early stopping ended them."""
     config, progress = ctx.config, ctx.progress
     assert config.epochs is not None
-    undecided_compile = config.compile == "auto"
+    auto = AutoCompile(has_depthwise_conv(ctx.model), ctx.reporter, ctx.ddp) if config.compile == "auto" else None
     with _stop_on_sigint(ctx.stop), files.closing():  # also when a reporter stops the run (a pruned trial)
         for epoch in range(progress.epoch + 1, config.epochs + 1):
             if config.patience and progress.stale_epochs >= config.patience:
@@ -245,10 +246,8 @@ def _run_epochs(ctx: StepContext, files: RunFiles, validating: bool) -> bool:
                 return True
             epoch_start = time.perf_counter()
             train_stats = _train_epoch(ctx, epoch, files.run_dir)
-            if undecided_compile:  # config keeps "auto": a rerun of this config decides afresh
-                undecided_compile = False
-                steps_left = (config.epochs - epoch) * len(ctx.feed.train_loader)
-                ctx.net = auto_compile(ctx.net, ctx.model, config, train_stats, steps_left, ctx.reporter, ctx.ddp)
+            if auto is not None:  # config keeps "auto": a rerun of this config decides afresh
+                ctx.net = auto.after_epoch(ctx.net, train_stats, (config.epochs - epoch) * len(ctx.feed.train_loader))
             record = None
             if ctx.ddp.main:
                 val_stats = validate(ctx) if validating else NO_VALIDATION

@@ -2,8 +2,8 @@
 scaler), the channels_last memory format, the EMA of the weights, and the model as it is trained (wrapped
 for DistributedDataParallel and torch.compile; checkpoints always come from the plain model).
 
-`--compile auto` on a CPU is decided after the first epoch (`auto_compile`, by carcli.train.compiling's
-cost model).
+`--compile auto` on a CPU is decided after the first epoch and checked after the first compiled one
+(`AutoCompile`, by carcli.train.compiling's cost model and measured step times).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from carcli.device import cpu_has_bf16
 from carcli.errors import UsageError
 from carcli.models.heads import CarcliModel
 from carcli.progress import Reporter
-from carcli.train.compiling import decide, wants_compile
+from carcli.train.compiling import decide, keep_compiled, wants_compile
 from carcli.train.config import TrainConfig
 from carcli.train.distributed import Dist, broadcast
 
@@ -144,13 +144,33 @@ def _compiled(net: nn.Module) -> nn.Module:
     return torch.compile(net)  # type: ignore[return-value]
 
 
-def auto_compile(
-    net: nn.Module, model: CarcliModel, config: TrainConfig, train_stats: dict, steps_left: int, reporter: Reporter,
-    ddp: Dist,
-) -> nn.Module:  # fmt: skip
-    """`--compile auto` on a CPU, after the first epoch: compile `net` for the rest of the run if it pays
-    (carcli.train.compiling.decide, from the measured step time); every process follows rank 0's decision."""
-    step_seconds = (config.batch_size or 1) / max(1e-9, train_stats["images_per_s"])
-    decision = broadcast(decide(step_seconds, steps_left, has_depthwise_conv(model)), ddp)
-    reporter.info(decision.why)
-    return _compiled(net) if decision.compile else net
+@dataclass
+class AutoCompile:
+    """`--compile auto` on a CPU, epoch by epoch (carcli.train.compiling): after the first epoch, compile the
+    net if the rest of the run repays it; after the first compiled epoch, go back to the eager net unless its
+    steps are faster. Every process follows rank 0's decisions."""
+
+    depthwise: bool  # the net has depthwise convolutions (a larger expected speed-up)
+    reporter: Reporter
+    ddp: Dist
+    eager: nn.Module | None = None  # the net before compiling, while the compiled one is on trial
+    eager_step_seconds: float = 0.0
+    settled: bool = False
+
+    def after_epoch(self, net: nn.Module, train_stats: dict, steps_left: int) -> nn.Module:
+        """The net for the next epoch, given the epoch just trained (`train_stats["step_seconds"]`, its median step)."""
+        if self.settled or not steps_left:
+            return net
+        step_seconds = train_stats["step_seconds"]
+        if self.eager is None:
+            decision = broadcast(decide(step_seconds, steps_left, self.depthwise), self.ddp)
+            self.reporter.info(decision.why)
+            if not decision.compile:
+                self.settled = True
+                return net
+            self.eager, self.eager_step_seconds = net, step_seconds
+            return _compiled(net)
+        self.settled = True
+        decision = broadcast(keep_compiled(self.eager_step_seconds, step_seconds), self.ddp)
+        self.reporter.info(decision.why)
+        return net if decision.compile else self.eager

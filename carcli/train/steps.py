@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -105,7 +107,8 @@ def profile_line(epoch: int, per_step: dict[str, float]) -> str:
 
 
 def train_one_epoch(ctx: StepContext) -> dict[str, Any]:
-    """Train the (rest of the) current epoch: loss, top-1, images/s, the last lr and the profile.
+    """Train the (rest of the) current epoch: loss, top-1, images/s, the median step's seconds (what
+    `--compile auto` compares: a compile's steps do not move it), the last lr and the profile.
 
     Once `ctx.stop` is set it stops after the next optimizer update."""
     progress, optimizer, device = ctx.progress, ctx.optimizer, ctx.runtime.device
@@ -115,6 +118,7 @@ def train_one_epoch(ctx: StepContext) -> dict[str, Any]:
     optimizer.zero_grad(set_to_none=True)
     last = len(ctx.feed.train_loader) - 1
     clock = StepClock(device, ctx.config.profile)
+    step_ends = [start]
     for index, (images, labels) in enumerate(ctx.feed.train_loader):
         clock.lap("load")
         images = ctx.feed.prepare_train(images, (progress.epoch + 1, progress.step))
@@ -127,6 +131,7 @@ def train_one_epoch(ctx: StepContext) -> dict[str, Any]:
             _update(ctx)
         progress.step += 1
         clock.lap("compute")
+        step_ends.append(time.perf_counter())
         batch = labels.numel()
         seen += batch
         loss_sum += loss.item() * batch
@@ -138,6 +143,7 @@ def train_one_epoch(ctx: StepContext) -> dict[str, Any]:
         "loss": loss_sum / max(1, seen),
         "top1": correct / max(1, seen),
         "images_per_s": seen / _since(start),
+        "step_seconds": statistics.median(b - a for a, b in itertools.pairwise(step_ends)) if seen else 0.0,
         "lr": lr,
         "profile": clock.per_step(),
     }
