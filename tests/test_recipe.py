@@ -265,7 +265,8 @@ def _output_dtypes(model: torch.nn.Module) -> list[torch.dtype]:
 
 
 @pytest.mark.parametrize(("precision", "dtype"), [("auto", torch.float32), ("bf16", torch.bfloat16)])
-def test_precision_sets_the_autocast_dtype_on_cpu(tiny_set, tmp_path, precision, dtype):
+def test_precision_sets_the_autocast_dtype_on_cpu(tiny_set, tmp_path, monkeypatch, precision, dtype):
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)  # auto: fp32 on CPUs without bf16 instructions
     model = create_model("ghostnet", "linear", _tasks())
     dtypes = _output_dtypes(model)
     run = tmp_path / "run"
@@ -302,12 +303,12 @@ def _convnet(depthwise: bool) -> torch.nn.Module:
     ("device", "native_bf16", "depthwise", "expected"),
     [
         ("cpu", True, False, "bf16"),
-        ("cpu", True, True, "fp32"),
+        ("cpu", True, True, "bf16"),  # depthwise convolutions then compute in fp32
         ("cpu", False, False, "fp32"),
         ("cuda", False, True, "bf16"),  # GPUs: bf16 whatever the model
     ],
 )
-def test_auto_precision_picks_bf16_only_where_it_pays(monkeypatch, device, native_bf16, depthwise, expected):
+def test_auto_precision_picks_bf16_where_the_hardware_has_it(monkeypatch, device, native_bf16, depthwise, expected):
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: native_bf16)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     assert auto_precision(torch.device(device), _convnet(depthwise)) == expected
@@ -329,6 +330,62 @@ def test_auto_precision_trains_a_dense_net_in_bf16_on_cpus_that_have_it(tiny_set
     assert set(dtypes) == {dtype}
     run_info = json.loads((run / "config.json").read_text())
     assert run_info["precision"] == "auto" and run_info["run"]["precision"] == name
+
+
+def _conv_calls(model: torch.nn.Module) -> dict[str, set[tuple[bool, torch.dtype, torch.dtype]]]:
+    """Per convolution: (CPU autocast on, dtype computed in, dtype the module returns) of its calls."""
+    seen: dict[str, set[tuple[bool, torch.dtype, torch.dtype]]] = {}
+    for name, conv in model.named_modules():
+        if isinstance(conv, torch.nn.Conv2d):
+            computed: list[tuple[bool, torch.dtype]] = []
+
+            def record(x, weight, bias, computed=computed, conv_forward=conv._conv_forward):
+                out = conv_forward(x, weight, bias)
+                computed.append((torch.is_autocast_enabled("cpu"), out.dtype))
+                return out
+
+            def returned(module, args, out, name=name, computed=computed):
+                seen.setdefault(name, set()).add((*computed.pop(), out.dtype))
+
+            conv._conv_forward = record
+            conv.register_forward_hook(returned)
+    return seen
+
+
+def test_bf16_on_cpus_computes_depthwise_convolutions_in_fp32_and_the_rest_in_bf16(tiny_set, tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    model = create_model("ghostnet", "linear", _tasks())
+    keys = list(model.state_dict())
+    depthwise = {name for name, m in model.named_modules() if runtime.is_depthwise(m)}
+    seen = _conv_calls(model)
+    run = tmp_path / "run"
+    train(tiny_config(tiny_set, run), model=model)
+    assert json.loads((run / "config.json").read_text())["run"]["precision"] == "bf16"
+    assert depthwise and seen.keys() >= depthwise and len(seen) > len(depthwise)
+    for name, calls in seen.items():  # training and validation steps alike
+        if name in depthwise:  # computed without autocast in fp32, returned in its input's bf16
+            assert calls == {(False, torch.float32, torch.bfloat16)}, name
+        else:
+            assert calls == {(True, torch.bfloat16, torch.bfloat16)}, name
+    saved, _ = load_model(run / "best.st")
+    assert list(saved.state_dict()) == keys  # the same parameters: checkpoints do not change
+
+
+def test_a_depthwise_convolution_in_fp32_returns_its_inputs_dtype_and_trains():
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1, groups=4)
+    reference = copy.deepcopy(conv)
+    runtime.depthwise_in_fp32(torch.nn.Sequential(conv))
+    assert type(conv) is runtime.DepthwiseConvInFp32 and type(reference) is torch.nn.Conv2d
+    x = torch.randn(2, 4, 8, 8).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x)
+        out.float().sum().backward()
+    assert out.dtype == torch.bfloat16 and conv.weight.grad is not None and conv.weight.grad.dtype == torch.float32
+    exact = reference(x.float())  # the fp32 result, rounded once to bf16
+    assert torch.equal(out, exact.bfloat16())
+    dense = torch.nn.Conv2d(4, 4, 3, groups=2)
+    runtime.depthwise_in_fp32(dense)
+    assert type(dense) is torch.nn.Conv2d  # only depthwise convolutions change
 
 
 @pytest.mark.parametrize(("device", "resolved"), [("cpu", "auto"), ("cuda", "on")])

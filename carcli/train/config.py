@@ -243,8 +243,8 @@ class TrainConfig:
     )  # fmt: skip
     precision: str = option(
         "auto",
-        "auto, fp32, bf16 or fp16 (default auto: bf16/fp16 autocast on GPUs; on CPUs bf16 for nets without "
-        "depthwise convolutions when the CPU has bf16 instructions, else fp32).",
+        "auto, fp32, bf16 or fp16 (default auto: bf16/fp16 autocast on GPUs; on CPUs bf16 when the CPU has "
+        "bf16 instructions, depthwise convolutions in fp32, else fp32).",
         RUN,
         choices=PRECISIONS,
     )

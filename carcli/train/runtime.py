@@ -47,9 +47,12 @@ class Runtime:
 
 
 def make_runtime(config: TrainConfig, device: torch.device, model: nn.Module) -> Runtime:
-    """The run's precision (`auto` resolved for `model` on `device`) and memory format."""
+    """The run's precision (`auto` resolved for `model` on `device`) and memory format; bf16 on a CPU
+    keeps `model`'s depthwise convolutions in fp32 (`DepthwiseConvInFp32`)."""
     precision = auto_precision(device, model) if config.precision == "auto" else config.precision
     autocast_dtype, scaler = _mixed_precision(precision, device)
+    if device.type == "cpu" and precision == "bf16":
+        depthwise_in_fp32(model)
     return Runtime(device, precision, autocast_dtype, scaler, config.channels_last)
 
 
@@ -69,19 +72,44 @@ def _mixed_precision(precision: str, device: torch.device) -> tuple[torch.dtype 
 def auto_precision(device: torch.device, model: nn.Module) -> str:
     """What `--precision auto` trains `model` in on `device`.
 
-    GPUs: bf16 where supported, else fp16. CPUs: bf16 when the CPU has native bf16 instructions and
-    the model has no depthwise convolutions; there bf16 roughly doubles the step of dense nets
-    (resnet34, resnext50) but slows depthwise ones (GhostNet, EfficientNet-Lite0), so those keep
-    fp32, as does every model on CPUs without bf16 instructions (docs/benchmarks.md).
+    GPUs: bf16 where supported, else fp16. CPUs: bf16 when the CPU has native bf16 instructions (with
+    depthwise convolutions kept in fp32 there: `depthwise_in_fp32`), fp32 otherwise. On the 2-core VM
+    (AMX) bf16 roughly doubles the step of dense nets (resnet34) and makes EfficientNet-Lite0's 1.27x
+    faster (docs/benchmarks.md).
     """
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() and not has_depthwise_conv(model) else "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """Whether `module` is a depthwise convolution (one filter group per input channel)."""
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
 
 
 def has_depthwise_conv(model: nn.Module) -> bool:
-    """Whether any convolution of `model` is depthwise (one filter group per input channel)."""
-    return any(isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels for m in model.modules())
+    """Whether any convolution of `model` is depthwise."""
+    return any(is_depthwise(m) for m in model.modules())
+
+
+class DepthwiseConvInFp32(nn.Conv2d):
+    """A depthwise convolution that computes in fp32 inside a CPU autocast region, its output cast back to
+    its input's dtype: oneDNN's bf16 depthwise backward is 3-10x slower than its fp32 one, enough to make
+    bf16 training of EfficientNet-Lite0 slower than fp32, while the dense 1x1 convolutions around it gain
+    (benchmarks/step_speed.py). Same parameters as nn.Conv2d, so checkpoints do not change."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast("cpu", enabled=False):
+            return super().forward(x.float()).to(x.dtype)
+
+
+def depthwise_in_fp32(model: nn.Module) -> None:
+    """Make every plain nn.Conv2d of `model` that is depthwise a `DepthwiseConvInFp32`.
+
+    Subclasses (timm's Conv2dSame and the like) keep their own forward and stay in the autocast dtype."""
+    for module in model.modules():
+        if type(module) is nn.Conv2d and is_depthwise(module):
+            module.__class__ = DepthwiseConvInFp32
 
 
 def seed_everything(seed: int) -> None:
