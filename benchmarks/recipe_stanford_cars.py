@@ -84,6 +84,8 @@ RUNS = {
     "plain (linear)": PLAIN,
     "defaults, linear": {"head": "linear"},
     "defaults, mtl": {"head": "mtl"},
+    # --precision auto trains in bf16 (depthwise convolutions in fp32) on CPUs with bf16 instructions
+    "defaults, mtl, fp32": {"head": "mtl", "precision": "fp32"},
     "finetune, mtl": {**FINETUNE, "head": "mtl"},
     "finetune, linear": {**FINETUNE, "head": "linear"},
     "finetune-head3x, mtl": {**FINETUNE, "lr": 3e-3, "backbone_lr_scale": 1 / 3, "head": "mtl"},

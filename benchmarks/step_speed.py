@@ -1,9 +1,9 @@
 """Training-step speed of one model alone (no data pipeline): memory format, autocast dtype, torch.compile,
 and the optimizer step, foreach against fused AdamW.
 
-The measurement behind carcli's defaults: channels_last on, `--precision auto` (bf16 only for nets
-without depthwise convolutions on CPUs), `--compile` only with CUDA, fused AdamW. One AdamW step of
-cross-entropy on a fixed random batch, best of the steps after two warm-up steps.
+The measurement behind carcli's defaults: channels_last on, `--precision auto` (bf16 on CPUs with bf16
+instructions, depthwise convolutions kept in fp32 there), `--compile auto`, fused AdamW. One AdamW step
+of cross-entropy on a fixed random batch, best of the steps after two warm-up steps.
 
     python benchmarks/step_speed.py                       # CPU, batch 32, 160 px
     python benchmarks/step_speed.py --compile             # adds a torch.compile column (minutes per arch)
@@ -19,22 +19,34 @@ import timm
 import torch
 
 from carcli.models.registry import get_arch
+from carcli.train.runtime import depthwise_in_fp32
 
 ARCHS = ("ghostnet", "resnet34", "efficientnet_lite0")
-VARIANTS = {  # name: (channels_last, autocast dtype, torch.compile)
-    "contiguous, fp32": (False, None, False),
-    "channels_last, fp32": (True, None, False),
-    "channels_last, bf16": (True, torch.bfloat16, False),
+VARIANTS = {  # name: (channels_last, autocast dtype, depthwise convolutions in fp32, torch.compile)
+    "contiguous, fp32": (False, None, False, False),
+    "channels_last, fp32": (True, None, False, False),
+    "channels_last, bf16": (True, torch.bfloat16, False, False),
+    "channels_last, bf16, depthwise fp32": (True, torch.bfloat16, True, False),
 }
-COMPILED = {"channels_last, fp32, compiled": (True, None, True)}
+COMPILED = {
+    "channels_last, fp32, compiled": (True, None, False, True),
+    "channels_last, bf16, depthwise fp32, compiled": (True, torch.bfloat16, True, True),
+}
 
 
 def images_per_s(
-    arch: str, channels_last: bool, dtype: torch.dtype | None, compiled: bool, args: argparse.Namespace
+    arch: str,
+    channels_last: bool,
+    dtype: torch.dtype | None,
+    depthwise_fp32: bool,
+    compiled: bool,
+    args: argparse.Namespace,
 ) -> float:
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = timm.create_model(get_arch(arch).model_name, num_classes=args.classes).to(device)
+    if depthwise_fp32:
+        depthwise_in_fp32(model)
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
     labels = torch.randint(0, args.classes, (args.batch_size,), device=device)
     if channels_last:
