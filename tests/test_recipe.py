@@ -295,28 +295,23 @@ def test_cpu_bf16_support_is_read_from_the_cpu_flags(cpuinfo, native):
     assert cpu_has_bf16(cpuinfo) is native
 
 
-def _convnet(depthwise: bool) -> torch.nn.Module:
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 8, 3, groups=8 if depthwise else 2))
-
-
 @pytest.mark.parametrize(
-    ("device", "native_bf16", "depthwise", "expected"),
+    ("device", "native_bf16", "expected"),
     [
-        ("cpu", True, False, "bf16"),
-        ("cpu", True, True, "bf16"),  # depthwise convolutions then compute in fp32
-        ("cpu", False, False, "fp32"),
-        ("cuda", False, True, "bf16"),  # GPUs: bf16 whatever the model
+        ("cpu", True, "bf16"),  # depthwise convolutions then compute in fp32 (make_runtime)
+        ("cpu", False, "fp32"),
+        ("cuda", False, "bf16"),  # GPUs: bf16 whatever the CPU
     ],
 )
-def test_auto_precision_picks_bf16_where_the_hardware_has_it(monkeypatch, device, native_bf16, depthwise, expected):
+def test_auto_precision_picks_bf16_where_the_hardware_has_it(monkeypatch, device, native_bf16, expected):
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: native_bf16)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
-    assert auto_precision(torch.device(device), _convnet(depthwise)) == expected
+    assert auto_precision(torch.device(device)) == expected
 
 
 def test_auto_precision_falls_back_to_fp16_on_gpus_without_bf16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
-    assert auto_precision(torch.device("cuda"), _convnet(False)) == "fp16"
+    assert auto_precision(torch.device("cuda")) == "fp16"
 
 
 @pytest.mark.parametrize("native_bf16", [True, False])

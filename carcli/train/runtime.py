@@ -47,9 +47,9 @@ class Runtime:
 
 
 def make_runtime(config: TrainConfig, device: torch.device, model: nn.Module) -> Runtime:
-    """The run's precision (`auto` resolved for `model` on `device`) and memory format; bf16 on a CPU
-    keeps `model`'s depthwise convolutions in fp32 (`DepthwiseConvInFp32`)."""
-    precision = auto_precision(device, model) if config.precision == "auto" else config.precision
+    """The run's precision (`auto` resolved for `device`) and memory format; bf16 on a CPU keeps `model`'s
+    depthwise convolutions in fp32 (`DepthwiseConvInFp32`)."""
+    precision = auto_precision(device) if config.precision == "auto" else config.precision
     autocast_dtype, scaler = _mixed_precision(precision, device)
     if device.type == "cpu" and precision == "bf16":
         depthwise_in_fp32(model)
@@ -69,8 +69,8 @@ def _mixed_precision(precision: str, device: torch.device) -> tuple[torch.dtype 
     return torch.bfloat16, None
 
 
-def auto_precision(device: torch.device, model: nn.Module) -> str:
-    """What `--precision auto` trains `model` in on `device`.
+def auto_precision(device: torch.device) -> str:
+    """What `--precision auto` trains in on `device`, whatever the model.
 
     GPUs: bf16 where supported, else fp16. CPUs: bf16 when the CPU has native bf16 instructions (with
     depthwise convolutions kept in fp32 there: `depthwise_in_fp32`), fp32 otherwise. On the 2-core VM
