@@ -166,6 +166,21 @@ def test_batch_augmentation_is_seeded_by_epoch_and_step():
     assert not torch.allclose(crops, _normalised(torch.nn.functional.interpolate(images.float(), 16)).flatten(1))
 
 
+def test_random_resized_crops_cut_each_image_a_box_of_the_drawn_area():
+    side, n = 40, 24
+    columns = torch.arange(side, dtype=torch.uint8).mul(6).view(1, 1, 1, side)  # a ramp: pixel value = 6 x column
+    images = columns.expand(n, 3, side, side).clone()
+    images[:, 1] = torch.arange(n, dtype=torch.uint8).view(n, 1, 1) * 10  # green: which image a crop came from
+    crop_only = Augment(crop_scale=0.5, hflip=False, color_jitter=0.0)
+    out = BatchAugment(16, (0.0,) * 3, (1.0,) * 3, crop_only, CPU)(images, (1, 0)) * 255
+    assert out.shape == (n, 3, 16, 16) and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out[:, 1], images[:, 1, :16, :16].float())  # every crop from its own image
+    seen = (out[:, 0].amax(dim=(1, 2)) - out[:, 0].amin(dim=(1, 2))) / 6 + 1  # columns each crop spans
+    widest = side * (4 / 3) ** 0.5  # area share 1 at the widest aspect ratio, clamped to the image
+    assert (seen >= side * (0.5 * 3 / 4) ** 0.5 - 2).all() and (seen <= min(side, widest) + 1).all()
+    assert seen.std() > 1  # boxes differ
+
+
 def test_colour_jitter_grayscale_and_erasing_act():
     images = _batch(16)
     base = Augment(crop_scale=1.0, hflip=False, color_jitter=0.0)
