@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 from carcli.data.batch_augment import BatchAugment
 from carcli.data.images import open_rgb
 from carcli.data.layouts import load_dataset
-from carcli.data.packed import PackedDataset, load_or_build, store_side
+from carcli.data.packed import PackedDataset, load_or_build, store_shape
 from carcli.data.transforms import Augment
 from carcli.models.registry import get_arch
 from carcli.progress import Event, SilentReporter
@@ -194,7 +194,7 @@ def pipelines(root: Path, args: argparse.Namespace, device: torch.device) -> dic
     timm_rate = images_per_s(timm_loader(root, model, args.img_size, args.batch_size, args.timm_workers, device))
     samples = load_dataset(root, 0.25, 0).split("train")
     started = time.perf_counter()
-    store = load_or_build(samples, store_side(args.img_size, True), args.cache_dir)
+    store = load_or_build(samples, store_shape(args.img_size, True), args.cache_dir)
     build_s = time.perf_counter() - started
     augment = BatchAugment(args.img_size, (0.5,) * 3, (0.5,) * 3, TIMM_AUGMENT, device)
     loader = DataLoader(PackedDataset(store), batch_size=args.batch_size, shuffle=True, drop_last=True)

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from carcli.data import packed
 from carcli.data.batch_augment import BatchAugment, batchable
 from carcli.data.images import open_rgb
 from carcli.data.layouts import Sample, load_dataset
-from carcli.data.packed import PackedDataset, load_or_build, store_path, store_side
+from carcli.data.packed import Frame, PackedDataset, StoreShape, load_or_build, store_path, store_shape
 from carcli.data.transforms import PRESETS, Augment
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -40,7 +41,7 @@ def _samples(root):
 def test_store_holds_the_resized_images_and_is_built_once(tiny_set, tmp_path):
     samples = _samples(tiny_set)
     calls = []
-    store = load_or_build(samples, 24, tmp_path, progress=lambda done, total: calls.append((done, total)))
+    store = load_or_build(samples, StoreShape(24), tmp_path, progress=lambda done, total: calls.append((done, total)))
     assert store.images.shape == (len(samples), 24, 24, 3) and store.images.dtype == np.uint8
     assert calls[-1] == (len(samples), len(samples))
     expected = np.array(ImageOps.fit(open_rgb(samples[5].path), (24, 24), Image.Resampling.BILINEAR))
@@ -50,9 +51,28 @@ def test_store_holds_the_resized_images_and_is_built_once(tiny_set, tmp_path):
     torch.testing.assert_close(image.permute(1, 2, 0).numpy(), expected, check_dtype=False)
     built = store.path.stat().st_mtime_ns
     calls.clear()
-    again = load_or_build(samples, 24, tmp_path, progress=lambda done, total: calls.append(done))
+    again = load_or_build(samples, StoreShape(24), tmp_path, progress=lambda done, total: calls.append(done))
     assert again.path == store.path and not calls and store.path.stat().st_mtime_ns == built
     assert [p.name for p in tmp_path.iterdir()] == [store.path.name]  # no temporary file left behind
+
+
+def test_training_stores_keep_whole_photos_and_their_proportions(tmp_path):
+    sizes = [(80, 40), (30, 60)]  # a wide and a tall photo
+    samples = []
+    for index, size in enumerate(sizes):
+        path = tmp_path / f"photo{index}.png"
+        Image.radial_gradient("L").convert("RGB").resize(size).save(path)
+        samples.append(Sample(path, index, "train"))
+    store = load_or_build(samples, StoreShape(20, whole=True), tmp_path / "cache")
+    assert store.images.shape == (2, 20, 30, 3)
+    np.testing.assert_allclose(store.aspects, [2.0, 0.5])
+    for index, sample in enumerate(samples):  # the whole photo, squashed to the frame
+        expected = np.asarray(Image.open(sample.path).resize((30, 20), Image.Resampling.BILINEAR))
+        np.testing.assert_array_equal(store.images[index], expected)
+    (frame, label) = PackedDataset(store)[1]
+    assert isinstance(frame, Frame) and frame.pixels.shape == (3, 20, 30) and frame.aspect == 0.5 and label == 1
+    per_image = PackedDataset(store, transform=lambda image: image.size)
+    assert [per_image[i][0] for i in range(2)] == [(40, 20), (10, 20)]  # back in the photo's proportions
 
 
 def _photo_kinds(folder):
@@ -78,7 +98,8 @@ def _photo_kinds(folder):
 
 
 @pytest.mark.parametrize("crop_margin", [None, 0.1])
-def test_device_decoding_builds_the_store_pil_would(tmp_path, monkeypatch, crop_margin):
+@pytest.mark.parametrize("shape", [StoreShape(64), StoreShape(64, whole=True)], ids=["square", "whole"])
+def test_device_decoding_builds_the_store_pil_would(tmp_path, monkeypatch, crop_margin, shape):
     samples = _photo_kinds(tmp_path / "photos")
     decoded = []
 
@@ -87,9 +108,9 @@ def test_device_decoding_builds_the_store_pil_would(tmp_path, monkeypatch, crop_
         return decode_jpeg(blobs, **kwargs)
 
     monkeypatch.setattr(packed, "decode_jpeg", counting_decode)
-    by_pil = load_or_build(samples, 64, tmp_path / "pil", crop_margin)
+    by_pil = load_or_build(samples, shape, tmp_path / "pil", crop_margin)
     assert not decoded
-    by_device = load_or_build(samples, 64, tmp_path / "device", crop_margin, device=CPU)
+    by_device = load_or_build(samples, shape, tmp_path / "device", crop_margin, device=CPU)
     assert len(decoded) == 3  # the RGB and grayscale JPEGs; the rotated, CMYK and PNG files went through PIL
     for index, sample in enumerate(samples):
         device_pixels, pil_pixels = by_device.images[index].astype(int), by_pil.images[index].astype(int)
@@ -97,37 +118,51 @@ def test_device_decoding_builds_the_store_pil_would(tmp_path, monkeypatch, crop_
             np.testing.assert_array_equal(device_pixels, pil_pixels, err_msg=sample.path.name)
             continue
         # both are approximations (PIL decodes at 1/2-1/8 scale first); the full-size decode is no further off
-        full = open_rgb(sample.path, None, sample.bbox if crop_margin is not None else None, crop_margin or 0.0)
-        exact = np.asarray(ImageOps.fit(full, (64, 64), Image.Resampling.LANCZOS)).astype(int)
+        full = _full_size(sample, crop_margin)
+        resize = full.resize if shape.whole else partial(ImageOps.fit, full)
+        exact = np.asarray(resize(shape.size, Image.Resampling.LANCZOS)).astype(int)
         device_error, pil_error = np.abs(device_pixels - exact).mean(), np.abs(pil_pixels - exact).mean()
         assert device_error <= pil_error + 0.5 and device_error < 6, (sample.path.name, device_error, pil_error)
+    if shape.whole:  # each photo's own width / height, whichever decoder
+        truth = [_full_size(sample, crop_margin).width / _full_size(sample, crop_margin).height for sample in samples]
+        np.testing.assert_allclose(by_device.aspects, truth, rtol=0.01)
+        np.testing.assert_allclose(by_pil.aspects, truth, rtol=0.01)
+    else:
+        assert by_device.aspects is None and by_pil.aspects is None
+
+
+def _full_size(sample, crop_margin):
+    return open_rgb(sample.path, None, sample.bbox if crop_margin is not None else None, crop_margin or 0.0)
 
 
 def test_jpegs_the_device_decoder_refuses_are_decoded_by_pil(tmp_path, monkeypatch):
     samples = _photo_kinds(tmp_path / "photos")
-    by_pil = load_or_build(samples, 64, tmp_path / "pil")
+    by_pil = load_or_build(samples, StoreShape(64), tmp_path / "pil")
 
     def refusing_decode(blobs, **kwargs):
         raise RuntimeError("nvjpeg: unsupported JPEG")
 
     monkeypatch.setattr(packed, "decode_jpeg", refusing_decode)
-    by_device = load_or_build(samples, 64, tmp_path / "device", device=CPU)
+    by_device = load_or_build(samples, StoreShape(64), tmp_path / "device", device=CPU)
     np.testing.assert_array_equal(by_device.images, by_pil.images)
 
 
 def test_a_changed_photo_or_size_gets_a_new_store(tiny_set, tmp_path):
     shutil.copytree(tiny_set, tmp_path / "data")
     samples = _samples(tmp_path / "data")
-    first = store_path(samples, 24, tmp_path)
-    assert store_path(samples, 32, tmp_path) != first
-    assert store_path(samples, 24, tmp_path, crop_margin=0.1) != first
+    first = store_path(samples, StoreShape(24), tmp_path)
+    assert store_path(samples, StoreShape(32), tmp_path) != first
+    assert store_path(samples, StoreShape(24, whole=True), tmp_path) != first
+    assert store_path(samples, StoreShape(24), tmp_path, crop_margin=0.1) != first
     Image.new("RGB", (40, 40), (255, 0, 0)).save(samples[0].path)
     os.utime(samples[0].path, ns=(1, 1))
-    assert store_path(samples, 24, tmp_path) != first
+    assert store_path(samples, StoreShape(24), tmp_path) != first
 
 
 def test_training_stores_a_margin_larger_than_evaluation():
-    assert store_side(160, training=True) == 184 and store_side(160, training=False) == 160
+    assert store_shape(160, training=True) == StoreShape(184, whole=True)
+    assert store_shape(160, training=False) == StoreShape(160)
+    assert StoreShape(184, whole=True).size == (276, 184) and StoreShape(160).size == (160, 160)
 
 
 def _batch(n: int = 6, side: int = 20) -> torch.Tensor:
@@ -181,6 +216,34 @@ def test_random_resized_crops_cut_each_image_a_box_of_the_drawn_area():
     assert seen.std() > 1  # boxes differ
 
 
+def _wide_photos(n: int) -> Frame:
+    """n copies of a 2:1 photo (red: 255 x its column / width, green: 255 x its row / height), stored whole."""
+    height, width = 40, 80
+    red = torch.linspace(0, 255, width).view(1, 1, 1, width).expand(1, 1, height, width)
+    green = torch.linspace(0, 255, height).view(1, 1, height, 1).expand(1, 1, height, width)
+    photo = torch.cat([red, green, torch.zeros_like(red)], dim=1)
+    squashed = torch.nn.functional.interpolate(photo, size=(40, 60), mode="bilinear", antialias=True)
+    return Frame(squashed.round().to(torch.uint8).expand(n, 3, 40, 60), torch.full((n,), width / height))
+
+
+def test_crops_of_whole_photos_are_drawn_in_the_photos_proportions():
+    unit = ((0.0,) * 3, (1.0,) * 3)
+    centre = BatchAugment(16, *unit, Augment(crop_scale=1.0, hflip=False, color_jitter=0.0), CPU)(_wide_photos(2))
+    columns = centre[0, 0] * 255  # the centre square of a 2:1 photo: its middle half of columns
+    assert abs(columns.min() - 64) < 8 and abs(columns.max() - 191) < 8
+    assert centre[0, 1].min() * 255 < 8 and centre[0, 1].max() * 255 > 247  # every row
+    crops = BatchAugment(16, *unit, Augment(crop_scale=0.3, hflip=False, color_jitter=0.0), CPU)(_wide_photos(64))
+    wide = (crops[:, 0].amax(dim=(1, 2)) - crops[:, 0].amin(dim=(1, 2))) * 80  # true columns each crop spans
+    high = (crops[:, 1].amax(dim=(1, 2)) - crops[:, 1].amin(dim=(1, 2))) * 40
+    area = wide * high / (80 * 40)
+    assert (area > 0.3 - 0.06).all() and (area < 1.02).all()
+    inside = (wide < 74) & (
+        high < 36.5
+    )  # boxes no edge clamped (a full 40-row crop reads as 37.8): their drawn aspect ratio, 3/4 to 4/3
+    ratio = wide[inside] / high[inside]
+    assert inside.sum() > 10 and (ratio > 0.72).all() and (ratio < 1.38).all() and ratio.max() > 1.1
+
+
 def test_colour_jitter_grayscale_and_erasing_act():
     images = _batch(16)
     base = Augment(crop_scale=1.0, hflip=False, color_jitter=0.0)
@@ -206,7 +269,7 @@ def test_train_with_cache_and_profile_from_the_cli(tiny_set, tmp_path, home):
     assert first.exit_code == 0, first.output
     assert "preparing 48 images" in first.output and "profile, epoch 2, per step: load" in first.output
     stores = sorted(p.name for p in (home / "cache").iterdir())
-    assert len(stores) == 2  # train at 37 px, val at 32 px
+    assert len(stores) == 3  # train: whole photos 37 px high and their aspects; val: centre squares at 32 px
     record = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[-1])
     assert set(record["profile"]) == {"load", "prepare", "compute"}
     assert json.loads((tmp_path / "a" / "config.json").read_text())["cache"] is True

@@ -1,13 +1,15 @@
 """Augmentation of whole uint8 batches on the training device (the GPU when there is one).
 
-Used with the prepared store (`--cache`): a batch arrives as (B, 3, S, S) uint8, is moved to the
-device in channels-last order (the order the model trains in), and every sample gets its own random
-resized crop (an antialiased bilinear resize of its box, in uint8 on a CPU, whose vectorised uint8
-kernel is several times faster than float resizing), horizontal flip, colour jitter (brightness,
-contrast, saturation), grayscale and random erasing, then normalisation. The parts follow the same
-`Augment` recipe as the per-image pipeline; affine, RandAugment and TrivialAugment have no
-batched form here (`batchable` says so) and keep the per-image pipeline. Draws come from a
-generator seeded per (seed, epoch, batch), so a resumed run repeats them exactly.
+Used with the prepared store (`--cache`): a batch arrives as (B, 3, H, W) uint8 (for training, whole
+photos squashed to one frame, with each photo's true width / height: `data.packed.Frame`), is moved to
+the device in channels-last order (the order the model trains in), and every sample gets its own
+random resized crop, drawn in the photo's true proportions as torchvision's RandomResizedCrop draws
+it (an antialiased bilinear resize of its box, in uint8 on a CPU, whose vectorised uint8 kernel is
+several times faster than float resizing), horizontal flip, colour jitter (brightness, contrast,
+saturation), grayscale and random erasing, then normalisation. The parts follow the same `Augment`
+recipe as the per-image pipeline; affine, RandAugment and TrivialAugment have no batched form here
+(`batchable` says so) and keep the per-image pipeline. Draws come from a generator seeded per (seed,
+epoch, batch), so a resumed run repeats them exactly.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from carcli.data.packed import Frame
 from carcli.data.transforms import Augment
 
 GRAY = (0.299, 0.587, 0.114)
@@ -47,16 +50,18 @@ class BatchAugment:
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
 
-    def __call__(self, images: Tensor, key: tuple[int, int] = (0, 0)) -> Tensor:
-        """Augment a batch; `key` (epoch, batch index) seeds its draws."""
-        x = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    def __call__(self, images: Tensor | Frame, key: tuple[int, int] = (0, 0)) -> Tensor:
+        """Augment a batch (pixels, or whole photos as a `Frame` batch); `key` (epoch, batch index) seeds its draws."""
+        pixels, aspects = (images.pixels, images.aspect) if isinstance(images, Frame) else (images, None)
+        x = pixels.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         if self.device.type != "cpu":
             x = x.float()  # GPUs resize floats; a CPU resizes uint8 (0..255 either way)
+        widths = self._true_widths(x, aspects)
         if self.augment is None:
-            return self._normalised(self._resized(x).float().div_(255))
+            return self._normalised(self._centre(x, widths).float().div_(255))
         g = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + key[0] * 10_007 + key[1])
         a = self.augment
-        x = self._resized_crop(x, a.crop_scale, g) if a.crop_scale < 1 else self._resized(x)
+        x = self._resized_crop(x, widths, a.crop_scale, g) if a.crop_scale < 1 else self._centre(x, widths)
         if a.hflip:
             flip = self._uniform(len(x), g) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
@@ -75,24 +80,40 @@ class BatchAugment:
         """(x - mean) / std in place (an out-of-place broadcast would leave channels-last order, and is slower)."""
         return x.sub_(self.mean).div_(self.std)
 
-    def _resized(self, x: Tensor) -> Tensor:
-        """The whole image at the input size (as evaluation sees it)."""
-        if x.shape[-1] == self.img_size and x.shape[-2] == self.img_size:
-            return x
-        return _resize(x, self.img_size)
+    def _true_widths(self, x: Tensor, aspects: Tensor | None) -> Tensor | None:
+        """Each photo's width in stored rows (its width / height x H); None when the images are the photos' own
+        squares (evaluation stores)."""
+        return None if aspects is None else aspects.to(self.device, torch.float32) * x.shape[-2]
+
+    def _centre(self, x: Tensor, widths: Tensor | None) -> Tensor:
+        """Each photo's centre square at the input size (as evaluation sees it)."""
+        if widths is None:
+            same = x.shape[-1] == self.img_size and x.shape[-2] == self.img_size
+            return x if same else _resize(x, self.img_size)
+        side = widths.clamp(max=x.shape[-2])
+        return self._cut(x, widths, (widths - side) / 2, (x.shape[-2] - side) / 2, side, side)
 
     def _uniform(self, n: int, g: torch.Generator, low: float = 0.0, high: float = 1.0) -> Tensor:
         return torch.rand(n, generator=g, device=self.device) * (high - low) + low
 
-    def _resized_crop(self, x: Tensor, min_scale: float, g: torch.Generator) -> Tensor:
-        """A random resized crop per sample (area share in [min_scale, 1], aspect ratio 3/4..4/3)."""
+    def _resized_crop(self, x: Tensor, widths: Tensor | None, min_scale: float, g: torch.Generator) -> Tensor:
+        """A random resized crop per sample (area share in [min_scale, 1], aspect ratio 3/4..4/3, both of the
+        photo in its true proportions)."""
         n, _, height, width = x.shape
-        area = self._uniform(n, g, min_scale, 1.0) * height * width
+        widths = torch.full((n,), float(width), device=self.device) if widths is None else widths
+        area = self._uniform(n, g, min_scale, 1.0) * height * widths
         ratio = torch.exp(self._uniform(n, g, math.log(RATIO[0]), math.log(RATIO[1])))
-        w = torch.sqrt(area * ratio).clamp(max=width)
+        w = torch.minimum(torch.sqrt(area * ratio), widths)
         h = torch.sqrt(area / ratio).clamp(max=height)
-        x0 = self._uniform(n, g) * (width - w)
+        x0 = self._uniform(n, g) * (widths - w)
         y0 = self._uniform(n, g) * (height - h)
+        return self._cut(x, widths, x0, y0, w, h)
+
+    def _cut(self, x: Tensor, widths: Tensor, x0: Tensor, y0: Tensor, w: Tensor, h: Tensor) -> Tensor:
+        """Boxes given in true proportions (columns of `widths` per photo) cut from the stored images and
+        resized to the input size."""
+        scale = x.shape[-1] / widths  # stored columns per true column
+        x0, w = x0 * scale, w * scale
         boxes = torch.stack([x0.floor(), y0.floor(), w.round().clamp(min=1), h.round().clamp(min=1)], dim=1)
         crops = [
             _resize(x[i : i + 1, :, top : top + box_h, left : left + box_w], self.img_size)

@@ -1,11 +1,14 @@
 """The prepared image store behind `carcli train --cache`: photos decoded and resized once into a
 memory-mapped uint8 array, so no epoch decodes a JPEG again.
 
-Each split is stored as one `.npy` file of shape (N, side, side, 3): every image's centre square,
-as the evaluation transform takes it (training stores a margin larger so random crops keep
-detail, evaluation exactly the input size). The file name is a hash of everything that changes the
-pixels (paths, sizes and modification times of the photos, boxes, side), so an edited data set
-gets a fresh store and an unchanged one is reused by every later run. Stores are written to a
+Each split is stored as one `.npy` file of shape (N, height, width, 3). Evaluation stores hold every
+image's centre square at the input size, as the evaluation transform takes it. Training stores hold
+the whole photo, as the per-image pipeline's random crops see it, a margin larger than the input size
+and squashed to a FRAME_ASPECT landscape frame; each photo's own width / height ratio is kept beside
+it (`<store>.aspects.npy`), so batch augmentation draws crops in the photo's true proportions
+(`data.batch_augment`). The file name is a hash of everything that changes the pixels (paths, sizes
+and modification times of the photos, boxes, shape), so an edited data set gets a fresh store and an
+unchanged one is reused by every later run. Stores are written to a
 temporary name and renamed when complete: an interrupted build never leaves a store to trust.
 
 The build decodes with PIL's draft mode on CPU threads (the JPEG decoder scales by 1/2 to 1/8 as
@@ -24,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -39,26 +42,53 @@ from carcli.errors import CarcliError
 from carcli.files import atomic_output
 
 TRAIN_MARGIN = 1.15  # training images are stored this much larger than the input size
+FRAME_ASPECT = 1.5  # a training store's width / height: 4:3 and 3:2 photos keep every pixel row's detail
 DEVICE_BATCH = 64  # photos decoded together on the device
 EXIF_ORIENTATION = 0x0112
 
 
-def store_side(img_size: int, training: bool) -> int:
-    """The stored square side for an input size: a margin larger for training, exact for evaluation."""
-    return round(img_size * TRAIN_MARGIN) if training else img_size
+@dataclass(frozen=True)
+class StoreShape:
+    """What a store keeps of each photo: its centre square, side x side (evaluation), or (`whole`) the
+    whole photo squashed to side high and FRAME_ASPECT x side wide (training)."""
+
+    side: int
+    whole: bool = False
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of each stored image."""
+        return (round(self.side * FRAME_ASPECT) if self.whole else self.side), self.side
+
+
+def store_shape(img_size: int, training: bool) -> StoreShape:
+    """The store for an input size: the whole photo a margin larger for training, the centre square at
+    the input size for evaluation."""
+    return StoreShape(round(img_size * TRAIN_MARGIN), whole=True) if training else StoreShape(img_size)
+
+
+class Frame(NamedTuple):
+    """A whole stored photo (uint8, (3, side, FRAME_ASPECT x side)) and its true width / height; batched
+    by the DataLoader into (B, 3, H, W) pixels and (B,) aspects."""
+
+    pixels: Tensor
+    aspect: float | Tensor
 
 
 @dataclass
 class PackedImages:
-    """A split's images as one (N, side, side, 3) uint8 array (memory-mapped) and their fine labels."""
+    """A split's images as one (N, height, width, 3) uint8 array (memory-mapped), their fine labels and,
+    for a whole-photo store, each photo's width / height."""
 
     path: Path
     images: np.ndarray
     labels: list[int]
+    aspects: np.ndarray | None = None
 
 
 class PackedDataset:
-    """A store as a map-style Dataset: (uint8 image (3, side, side), label), or `transform(PIL image)` when given."""
+    """A store as a map-style Dataset: (uint8 image (3, H, W) or, from a whole-photo store, its `Frame`, label),
+    or (`transform(PIL image)`, label) when given, the whole photo back in its own proportions."""
 
     def __init__(self, store: PackedImages, transform: Callable[[Image.Image], Any] | None = None) -> None:
         self.store, self.transform = store, transform
@@ -69,14 +99,19 @@ class PackedDataset:
     def __getitem__(self, index: int) -> tuple[Any, int]:
         pixels = np.array(self.store.images[index])  # a copy: the map stays read-only
         label = self.store.labels[index]
+        aspect = None if self.store.aspects is None else float(self.store.aspects[index])
         if self.transform is not None:
-            return self.transform(Image.fromarray(pixels)), label
-        return torch.from_numpy(pixels).permute(2, 0, 1), label
+            image = Image.fromarray(pixels)
+            if aspect is not None:
+                image = image.resize((max(1, round(image.height * aspect)), image.height), Image.Resampling.BILINEAR)
+            return self.transform(image), label
+        image = torch.from_numpy(pixels).permute(2, 0, 1)
+        return (image if aspect is None else Frame(image, aspect)), label
 
 
-def store_key(samples: Sequence[Sample], side: int, crop_margin: float | None) -> str:
+def store_key(samples: Sequence[Sample], shape: StoreShape, crop_margin: float | None) -> str:
     """A hash of what decides the stored pixels."""
-    digest = hashlib.sha256(json.dumps([side, crop_margin]).encode())
+    digest = hashlib.sha256(json.dumps([shape.side, crop_margin] + (["whole"] if shape.whole else [])).encode())
     for sample in samples:
         stat = sample.path.stat()
         box = sample.bbox if crop_margin is not None else None
@@ -84,63 +119,78 @@ def store_key(samples: Sequence[Sample], side: int, crop_margin: float | None) -
     return digest.hexdigest()[:24]
 
 
-def store_path(samples: Sequence[Sample], side: int, cache_dir: Path, crop_margin: float | None = None) -> Path:
-    """Where the store of `samples` at `side` px lives (whether or not it is built yet)."""
-    return cache_dir / f"images-{store_key(samples, side, crop_margin)}-{side}px.npy"
+def store_path(samples: Sequence[Sample], shape: StoreShape, cache_dir: Path, crop_margin: float | None = None) -> Path:
+    """Where the store of `samples` in `shape` lives (whether or not it is built yet)."""
+    return cache_dir / f"images-{store_key(samples, shape, crop_margin)}-{shape.side}px.npy"
+
+
+def _aspects_path(path: Path) -> Path:
+    return path.with_suffix(".aspects.npy")
 
 
 def load_or_build(
     samples: Sequence[Sample],
-    side: int,
+    shape: StoreShape,
     cache_dir: Path,
     crop_margin: float | None = None,
     progress: Callable[[int, int], None] | None = None,
     threads: int | None = None,
     device: torch.device | None = None,
 ) -> PackedImages:
-    """The store of `samples` at `side` px in `cache_dir`: reused when present, else built (reporting progress).
+    """The store of `samples` in `shape` in `cache_dir`: reused when present, else built (reporting progress).
 
     `device`: where JPEGs are decoded during a build (None: PIL on CPU threads; meant for CUDA).
     """
-    path = store_path(samples, side, cache_dir, crop_margin)
-    if not path.is_file():
-        _build(samples, side, path, crop_margin, progress, threads or os.cpu_count() or 1, device)
+    path = store_path(samples, shape, cache_dir, crop_margin)
+    if not path.is_file():  # the aspects are written first: a store that is there has them
+        _build(samples, shape, path, crop_margin, progress, threads or os.cpu_count() or 1, device)
     images = np.load(path, mmap_mode="r")
-    if images.shape != (len(samples), side, side, 3):
+    width, height = shape.size
+    if images.shape != (len(samples), height, width, 3):
         raise CarcliError(f"image store {path} has shape {images.shape}, not the expected one; delete it to rebuild")
-    return PackedImages(path, images, [s.label for s in samples])
+    aspects = np.load(_aspects_path(path)) if shape.whole else None
+    return PackedImages(path, images, [s.label for s in samples], aspects)
 
 
 def _build(
     samples: Sequence[Sample],
-    side: int,
+    shape: StoreShape,
     path: Path,
     crop_margin: float | None,
     progress: Callable[[int, int], None] | None,
     threads: int,
     device: torch.device | None,
 ) -> None:
+    width, height = shape.size
+    aspects = np.ones(len(samples), dtype=np.float32)
     with atomic_output(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(samples), side, side, 3))
-        for done, (index, pixels) in enumerate(_decoded(samples, side, crop_margin, threads, device), start=1):
-            out[index] = pixels
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(samples), height, width, 3))
+        decoded = _decoded(samples, shape, crop_margin, threads, device)
+        for done, (index, pixels, aspect) in enumerate(decoded, start=1):
+            out[index], aspects[index] = pixels, aspect
             if progress is not None:
                 progress(done, len(samples))
         out.flush()
         del out
+        if shape.whole:
+            with atomic_output(_aspects_path(path)) as aspects_tmp, aspects_tmp.open("wb") as file:
+                np.save(file, aspects)
 
 
 def _decoded(
-    samples: Sequence[Sample], side: int, crop_margin: float | None, threads: int, device: torch.device | None
-) -> Iterator[tuple[int, np.ndarray]]:
-    """(index, side x side x 3 pixels) of every sample: first those decoded on `device`, then the PIL ones."""
+    samples: Sequence[Sample], shape: StoreShape, crop_margin: float | None, threads: int, device: torch.device | None
+) -> Iterator[tuple[int, np.ndarray, float]]:
+    """(index, height x width x 3 pixels, the photo's width / height) of every sample: first those decoded on
+    `device`, then the PIL ones."""
 
     def box(sample: Sample) -> Box | None:
         return sample.bbox if crop_margin is not None else None
 
-    def pil_pixels(index: int) -> np.ndarray:
-        img = open_rgb(samples[index].path, side, box(samples[index]), crop_margin or 0.0)
-        return np.asarray(ImageOps.fit(img, (side, side), Image.Resampling.BILINEAR))
+    def pil_pixels(index: int) -> tuple[int, np.ndarray, float]:
+        img = open_rgb(samples[index].path, shape.side, box(samples[index]), crop_margin or 0.0)
+        if shape.whole:
+            return index, np.asarray(img.resize(shape.size, Image.Resampling.BILINEAR)), img.width / img.height
+        return index, np.asarray(ImageOps.fit(img, shape.size, Image.Resampling.BILINEAR)), 1.0
 
     with ThreadPoolExecutor(max_workers=threads) as pool:  # PIL decodes and resizes without the GIL
         on_device: list[int] = []
@@ -151,13 +201,13 @@ def _decoded(
             batch = on_device[start : start + DEVICE_BATCH]
             blobs = list(pool.map(lambda i: _read_bytes(samples[i].path), batch))
             try:
-                pixels = _device_pixels(blobs, [box(samples[i]) for i in batch], crop_margin, side, device)
+                pixels = _device_pixels(blobs, [box(samples[i]) for i in batch], crop_margin, shape, device)
             except RuntimeError:  # a JPEG variant the device decoder refuses: PIL takes the batch
                 failed += batch
                 continue
-            yield from zip(batch, pixels, strict=True)
+            yield from ((i, image, aspect) for i, (image, aspect) in zip(batch, pixels, strict=True))
         rest = sorted(set(range(len(samples))) - set(on_device) | set(failed))
-        yield from zip(rest, pool.map(pil_pixels, rest), strict=True)
+        yield from pool.map(pil_pixels, rest)
 
 
 def _device_decodable(path: Path) -> bool:
@@ -175,18 +225,23 @@ def _read_bytes(path: Path) -> Tensor:
 
 
 def _device_pixels(
-    blobs: list[Tensor], boxes: list[Box | None], margin: float | None, side: int, device: torch.device
-) -> list[np.ndarray]:
-    """JPEG files decoded on `device`, each cropped to its box (if any) and centre square, resized to side x side."""
+    blobs: list[Tensor], boxes: list[Box | None], margin: float | None, shape: StoreShape, device: torch.device
+) -> list[tuple[np.ndarray, float]]:
+    """JPEG files decoded on `device`, each cropped to its box (if any) and, unless `shape.whole`, its centre
+    square, resized to the shape's size; with each the photo's width / height."""
     decoded = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device)
-    resized = []
+    width_out, height_out = shape.size
+    resized, aspects = [], []
     for image, box in zip(decoded, boxes, strict=True):
         height, width = image.shape[-2:]
         if box is not None:
             x1, y1, x2, y2 = grow_box(box, margin or 0.0, width, height)
             image, height, width = image[:, y1:y2, x1:x2], y2 - y1, x2 - x1
-        left, top, size = (round(v) for v in centre_square(width, height))
-        square = image[None, :, top : top + size, left : left + size].float()
-        resized.append(F.interpolate(square, size=(side, side), mode="bilinear", antialias=True, align_corners=False))
+        if not shape.whole:
+            left, top, size = (round(v) for v in centre_square(width, height))
+            image = image[:, top : top + size, left : left + size]
+        aspects.append(width / height if shape.whole else 1.0)
+        size = (height_out, width_out)
+        resized.append(F.interpolate(image[None].float(), size, mode="bilinear", antialias=True, align_corners=False))
     pixels = torch.cat(resized).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()  # one copy back
-    return list(pixels.numpy())
+    return list(zip(pixels.numpy(), aspects, strict=True))

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from carcli.data.batch_augment import BatchAugment, batchable
 from carcli.data.images import ImageDataset, find_unreadable
 from carcli.data.layouts import DataSet, Sample
-from carcli.data.packed import PackedDataset, PackedImages, load_or_build, store_path, store_side
+from carcli.data.packed import PackedDataset, PackedImages, StoreShape, load_or_build, store_path, store_shape
 from carcli.data.sampling import EpochSampler, class_balanced_weights
 from carcli.data.transforms import eval_transform, train_transform
 from carcli.errors import CarcliError
@@ -125,7 +125,7 @@ def _datasets(
         return train_set, val_set, to_device, to_device
     with main_first(ddp):
         train_store, val_store = (
-            _store(samples, store_side(size, training), crop, device, reporter)
+            _store(samples, store_shape(size, training), crop, device, reporter)
             for samples, size, training in (
                 (train_samples, img_size, True),
                 (val_samples or train_samples[:1], eval_size, False),
@@ -141,13 +141,14 @@ def _datasets(
 
 
 def _store(
-    samples: list[Sample], side: int, crop: float | None, device: torch.device, reporter: Reporter
+    samples: list[Sample], shape: StoreShape, crop: float | None, device: torch.device, reporter: Reporter
 ) -> PackedImages:
     """The prepared store of `samples`, built (JPEGs decoded on the GPU when training there) if not yet there."""
-    path = store_path(samples, side, cache_home(), crop)
+    path = store_path(samples, shape, cache_home(), crop)
     if not path.is_file():
-        reporter.info(f"--cache: preparing {len(samples)} images at {side} px, once, into {path}")
-    return load_or_build(samples, side, cache_home(), crop, device=device if device.type == "cuda" else None)
+        what = "whole photos" if shape.whole else "centre squares"
+        reporter.info(f"--cache: preparing {len(samples)} images ({what}, {shape.side} px high), once, into {path}")
+    return load_or_build(samples, shape, cache_home(), crop, device=device if device.type == "cuda" else None)
 
 
 def _worker_seed(worker_id: int) -> None:
