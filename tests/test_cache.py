@@ -73,6 +73,9 @@ def test_training_stores_keep_whole_photos_and_their_proportions(tmp_path):
     assert isinstance(frame, Frame) and frame.pixels.shape == (3, 20, 30) and frame.aspect == 0.5 and label == 1
     per_image = PackedDataset(store, transform=lambda image: image.size)
     assert [per_image[i][0] for i in range(2)] == [(40, 20), (10, 20)]  # back in the photo's proportions
+    store.path.with_suffix(".aspects.npy").unlink()  # a store without its aspects is built again
+    rebuilt = load_or_build(samples, StoreShape(20, whole=True), tmp_path / "cache")
+    np.testing.assert_allclose(rebuilt.aspects, [2.0, 0.5])
 
 
 def _photo_kinds(folder):

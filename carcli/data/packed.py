@@ -142,7 +142,7 @@ def load_or_build(
     `device`: where JPEGs are decoded during a build (None: PIL on CPU threads; meant for CUDA).
     """
     path = store_path(samples, shape, cache_dir, crop_margin)
-    if not path.is_file():  # the aspects are written first: a store that is there has them
+    if not path.is_file() or (shape.whole and not _aspects_path(path).is_file()):  # aspects are written first
         _build(samples, shape, path, crop_margin, progress, threads or os.cpu_count() or 1, device)
     images = np.load(path, mmap_mode="r")
     width, height = shape.size
