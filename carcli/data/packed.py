@@ -128,6 +128,11 @@ def _aspects_path(path: Path) -> Path:
     return path.with_suffix(".aspects.npy")
 
 
+def is_built(path: Path, shape: StoreShape) -> bool:
+    """Whether the store at `path` is complete (a whole-photo store's aspects are written before it is)."""
+    return path.is_file() and (not shape.whole or _aspects_path(path).is_file())
+
+
 def load_or_build(
     samples: Sequence[Sample],
     shape: StoreShape,
@@ -142,7 +147,7 @@ def load_or_build(
     `device`: where JPEGs are decoded during a build (None: PIL on CPU threads; meant for CUDA).
     """
     path = store_path(samples, shape, cache_dir, crop_margin)
-    if not path.is_file() or (shape.whole and not _aspects_path(path).is_file()):  # aspects are written first
+    if not is_built(path, shape):
         _build(samples, shape, path, crop_margin, progress, threads or os.cpu_count() or 1, device)
     images = np.load(path, mmap_mode="r")
     width, height = shape.size
@@ -230,7 +235,7 @@ def _device_pixels(
     """JPEG files decoded on `device`, each cropped to its box (if any) and, unless `shape.whole`, its centre
     square, resized to the shape's size; with each the photo's width / height."""
     decoded = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device)
-    width_out, height_out = shape.size
+    out_hw = shape.size[::-1]  # (height, width), as interpolate takes it
     resized, aspects = [], []
     for image, box in zip(decoded, boxes, strict=True):
         height, width = image.shape[-2:]
@@ -241,7 +246,6 @@ def _device_pixels(
             left, top, size = (round(v) for v in centre_square(width, height))
             image = image[:, top : top + size, left : left + size]
         aspects.append(width / height if shape.whole else 1.0)
-        size = (height_out, width_out)
-        resized.append(F.interpolate(image[None].float(), size, mode="bilinear", antialias=True, align_corners=False))
+        resized.append(F.interpolate(image[None].float(), out_hw, mode="bilinear", antialias=True, align_corners=False))
     pixels = torch.cat(resized).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()  # one copy back
     return list(zip(pixels.numpy(), aspects, strict=True))
