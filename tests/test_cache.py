@@ -23,6 +23,7 @@ from carcli.data.images import open_rgb
 from carcli.data.layouts import Sample, load_dataset
 from carcli.data.packed import Frame, PackedDataset, StoreShape, load_or_build, store_path, store_shape
 from carcli.data.transforms import PRESETS, Augment
+from carcli.errors import CarcliError
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 CPU = torch.device("cpu")
@@ -76,6 +77,14 @@ def test_training_stores_keep_whole_photos_and_their_proportions(tmp_path):
     store.path.with_suffix(".aspects.npy").unlink()  # a store without its aspects is built again
     rebuilt = load_or_build(samples, StoreShape(20, whole=True), tmp_path / "cache")
     np.testing.assert_allclose(rebuilt.aspects, [2.0, 0.5])
+    aspects = store.path.with_suffix(".aspects.npy")
+    for damage in (b"garbage", None):  # unreadable, then the wrong length: one line naming the store
+        if damage is None:
+            np.save(aspects, np.ones(5, dtype=np.float32))
+        else:
+            aspects.write_bytes(damage)
+        with pytest.raises(CarcliError, match=f"image store {store.path}.*delete"):
+            load_or_build(samples, StoreShape(20, whole=True), tmp_path / "cache")
 
 
 def _photo_kinds(folder):

@@ -149,11 +149,16 @@ def load_or_build(
     path = store_path(samples, shape, cache_dir, crop_margin)
     if not is_built(path, shape):
         _build(samples, shape, path, crop_margin, progress, threads or os.cpu_count() or 1, device)
-    images = np.load(path, mmap_mode="r")
+    try:
+        images = np.load(path, mmap_mode="r")
+        aspects = np.load(_aspects_path(path)) if shape.whole else None
+    except (OSError, ValueError) as exc:
+        raise CarcliError(f"image store {path} cannot be read ({type(exc).__name__}); delete it to rebuild") from None
     width, height = shape.size
     if images.shape != (len(samples), height, width, 3):
         raise CarcliError(f"image store {path} has shape {images.shape}, not the expected one; delete it to rebuild")
-    aspects = np.load(_aspects_path(path)) if shape.whole else None
+    if aspects is not None and aspects.shape != (len(samples),):
+        raise CarcliError(f"image store {path}: its aspects file holds {aspects.shape}; delete the store to rebuild")
     return PackedImages(path, images, [s.label for s in samples], aspects)
 
 
