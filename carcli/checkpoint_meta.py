@@ -40,6 +40,7 @@ class CheckpointMeta:
     head: str
     img_size: int  # what eval, predict and export feed the model
     train_img_size: int | None = None
+    eval_aspect: float | None = None  # the evaluation view's long side over its short side (None: 1, as of old)
     mean: list[float]
     std: list[float]
     tasks: dict[str, list[str]]
@@ -77,6 +78,7 @@ class CheckpointMeta:
             arch=source.get("arch"),
             head=source.get("head"),
             img_size=info["img_size"],
+            eval_aspect=(info.get("preprocess") or {}).get("view_aspect"),
             mean=info["mean"],
             std=info["std"],
             tasks=info["tasks"],
@@ -105,14 +107,19 @@ class CheckpointMeta:
         """The model's eval preprocessing: `carcli.data.transforms.view_transform` at this size and normalisation."""
         from carcli.data.transforms import view_transform
 
-        return view_transform(self.img_size, self.mean, self.std, tta)
+        return view_transform(self.img_size, self.mean, self.std, tta, self.view_aspect)
 
-    def at_size(self, img_size: int | None) -> CheckpointMeta:
-        """This metadata evaluated at `img_size` (`--img-size` of eval and predict; None: as stored)."""
-        if img_size is None:
-            return self
-        check_img_size(img_size, bool(self.train_option("allow_large_images")))
-        return self.replace(img_size=img_size)
+    @property
+    def view_aspect(self) -> float:
+        """The evaluation view's aspect (`carcli.data.images.view_box`): 1, the centre square, for older files."""
+        return 1.0 if self.eval_aspect is None else float(self.eval_aspect)
+
+    def at_view(self, img_size: int | None, aspect: float | None = None) -> CheckpointMeta:
+        """This metadata evaluated at `img_size` with the view `aspect` (`--img-size`, `--eval-aspect` of eval and
+        predict; None: as stored)."""
+        if img_size is not None:
+            check_img_size(img_size, bool(self.train_option("allow_large_images")))
+        return self.replace(img_size=img_size or self.img_size, eval_aspect=aspect or self.eval_aspect)
 
     def train_option(self, name: str, default: Any = None) -> Any:
         """A training option as the checkpoint records it (`default` when it does not)."""
@@ -202,6 +209,9 @@ def metadata_problem(meta: dict[str, Any], prefix: str = "") -> str | None:
         check_img_size(meta.get("img_size"), bool(train.get("allow_large_images")), f"field {prefix}'img_size'")
     except UsageError as exc:
         return str(exc).split(": one such")[0]
+    aspect = meta.get("eval_aspect", 1.0)
+    if not (_finite(aspect) and aspect >= 1):
+        return f"field {prefix}'eval_aspect' must be a number of at least 1, got {_shown(aspect)}"
     for name in ("mean", "std"):
         value = meta.get(name)
         if not (isinstance(value, list) and len(value) == 3 and all(_finite(v) for v in value)):

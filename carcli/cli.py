@@ -152,6 +152,10 @@ def train(
 EvalSize = Annotated[
     int | None, typer.Option(help="Input size (default: the evaluation size stored in the checkpoint).")
 ]
+EvalAspect = Annotated[
+    float | None,
+    typer.Option(min=1.0, help="Evaluation view: centre crop up to this long/short side ratio (default: as stored)."),
+]
 Hierarchy = Annotated[
     bool, typer.Option(help="Hierarchy-consistent answers: fine x make^a x type^b (multi-task checkpoints).")
 ]
@@ -190,6 +194,7 @@ def evaluate(
         Path | None, typer.Option("-o", "--calibrated-out", help="With --calibrate: write a new .st instead.")
     ] = None,
     img_size: EvalSize = None,
+    eval_aspect: EvalAspect = None,
     hierarchy: Hierarchy = False,
 ) -> None:
     """Per-task metrics, calibration, confusion matrices and reports for a checkpoint on a data set."""
@@ -201,7 +206,7 @@ def evaluate(
         result = run_eval(
             checkpoint, data, split, out, tta, crop, submission, batch_size, workers, device, reporter=reporter,
             calibrate=calibrate, calibrated_out=calibrated_out,
-            img_size=img_size, hierarchy=hierarchy,
+            img_size=img_size, eval_aspect=eval_aspect, hierarchy=hierarchy,
         )  # fmt: skip
     if json_output:
         print_json_line(result.report)
@@ -347,6 +352,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     img_size: EvalSize = None,
+    eval_aspect: EvalAspect = None,
     hierarchy: Hierarchy = False,
 ) -> None:
     """Top-k predictions (model, make, type, year) for images."""
@@ -358,7 +364,7 @@ def predict(
     with StageProgress() as reporter:
         result = run_predict(
             images, model, top_k, csv, explain, saliency, crop, batch_size, device=device, reporter=reporter,
-            img_size=img_size, hierarchy=hierarchy,
+            img_size=img_size, eval_aspect=eval_aspect, hierarchy=hierarchy,
         )  # fmt: skip
     if json_output:
         for answer in result.predictions:

@@ -3,9 +3,10 @@
 `export_info` is the one definition of the self-description that `carcli export` writes into every
 file (ONNX metadata property `carcli`, TorchScript extra file `carcli.json`, OpenVINO rt_info
 `carcli`). `OnnxModel` reads it back and runs a `.onnx` file on image files exactly as `carcli eval`
-feeds a checkpoint: decode (JPEGs at reduced scale when that keeps the input size), shorter side
-resized to S (bilinear, antialiased: PIL's resize, which torchvision uses for PIL images too), the
-centre S x S square, RGB scaled to [0, 1], normalised with mean/std. Only numpy, PIL and
+feeds a checkpoint: decode (JPEGs at reduced scale when that keeps the input size), resized so that the
+evaluation view (the centre crop of at most `eval_aspect` long side over short side) becomes S x S
+(bilinear, antialiased: PIL's resize, which torchvision uses for PIL images too), that centre S x S
+square, RGB scaled to [0, 1], normalised with mean/std. Only numpy, PIL and
 onnxruntime are imported, so `carcli predict model.onnx` starts in a fraction of the `.st` time.
 """
 
@@ -23,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from carcli.checkpoint_meta import CheckpointMeta
-from carcli.data.images import open_rgb
+from carcli.data.images import open_rgb, view_resize
 from carcli.data.layouts import Sample
 from carcli.errors import CarcliError
 
@@ -51,7 +52,8 @@ def export_info(meta: CheckpointMeta, outputs: Sequence[str], output_kind: str) 
         "std": list(meta.std),
         "preprocess": {
             "input_layout": "NCHW float32, RGB",
-            "resize": "shorter_side",
+            "resize": "shorter_side" if meta.view_aspect == 1 else "view",  # view: the view_aspect crop to a square
+            "view_aspect": meta.view_aspect,
             "resize_to": round(size / CROP_RATIO),
             "interpolation": "bilinear, antialiased (PIL Image.resize)",
             "crop": "centre",
@@ -72,10 +74,11 @@ def is_onnx(path: Path | None) -> bool:
     return path is not None and path.suffix.lower() == ".onnx"
 
 
-def eval_view(img: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """carcli's eval preprocessing of an RGB image: (3, size, size) float32, as torchvision's eval_transform."""
-    width, height = img.size
-    new = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
+def eval_view(img: Image.Image, meta: CheckpointMeta) -> np.ndarray:
+    """carcli's eval preprocessing of an RGB image for the model of `meta`: (3, S, S) float32, as torchvision's
+    eval_transform (`carcli.data.transforms.CentreView`)."""
+    size, mean, std = meta.img_size, meta.mean, meta.std
+    new = view_resize(img.width, img.height, size, meta.view_aspect)
     img = img.resize(new, Image.Resampling.BILINEAR)
     left, top = round((new[0] - size) / 2), round((new[1] - size) / 2)
     img = img.crop((left, top, left + size, top + size))
@@ -154,11 +157,11 @@ class OnnxModel:
         crop_margin: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Probabilities per task for `samples`, decoded and preprocessed in threads, batched through the session."""
-        size, mean, std = self.meta.img_size, self.meta.mean, self.meta.std
+        size = self.meta.img_size
 
         def load(sample: Sample) -> np.ndarray:
             box = sample.bbox if crop_margin is not None else None
-            return eval_view(open_rgb(sample.path, size, box, crop_margin or 0.0), size, mean, std)
+            return eval_view(open_rgb(sample.path, size, box, crop_margin or 0.0), self.meta)
 
         chunks: dict[str, list[np.ndarray]] = {task: [] for task in self.outputs}
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:

@@ -163,6 +163,7 @@ def _ensemble_meta(
         arch="ensemble",
         head="ensemble",
         img_size=max(m.img_size for m in metas),
+        eval_aspect=max(m.view_aspect for m in metas),  # one view for all: the widest (members agree by default)
         mean=[0.0, 0.0, 0.0],
         std=[1.0, 1.0, 1.0],
         tasks=first.tasks,

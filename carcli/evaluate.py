@@ -83,11 +83,13 @@ def evaluate(
     calibrated_out: Path | None = None,
     img_size: int | None = None,
     hierarchy: bool = False,
+    eval_aspect: float | None = None,
 ) -> EvalResult:
     """The `carcli eval` job: metrics and reports of `checkpoint` (.st or .onnx) on a split of `data`, in `out`.
 
     `data` defaults to the data set the checkpoint was trained on; `split` to its val split (else
-    test); `out` to `eval-<split>` beside the checkpoint; `img_size` to the size stored in the checkpoint.
+    test); `out` to `eval-<split>` beside the checkpoint; `img_size` and `eval_aspect` (the view) to those
+    stored in the checkpoint.
     `calibrate` fits a temperature per task on the val split and stores it in the checkpoint (or in a copy
     at `calibrated_out`). `hierarchy` scores hierarchy-consistent answers (carcli.hierarchy); the report
     has both either way.
@@ -98,7 +100,7 @@ def evaluate(
     _check_outputs(out, submission)
     _check_model_options(checkpoint, crop, tta, calibrate, calibrated_out, hierarchy or img_size is not None)
     model, meta, where = load_scorer(checkpoint, device)
-    meta = meta.at_size(img_size)
+    meta = meta.at_view(img_size, eval_aspect)
     data = data or trained_on(meta, checkpoint)
     dataset, samples, split = split_samples(meta, data, split)
     if calibrate and split != "val":
@@ -134,6 +136,8 @@ def evaluate(
         "data": str(data),
         "split": split,
         "n_images": len(samples),
+        "img_size": meta.img_size,
+        "eval_aspect": meta.view_aspect,
         "tasks": result.report["tasks"],
         "temperatures": calibration["temperatures"] if calibration else meta.temperatures,
         **({"calibration": calibration} if calibration else {}),

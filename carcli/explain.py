@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from carcli.checkpoint_meta import CheckpointMeta
-from carcli.data.images import ImageDataset, centre_square, open_rgb
+from carcli.data.images import ImageDataset, open_rgb, view_box
 from carcli.data.layouts import Sample
 from carcli.data.taxonomy import FINE
 from carcli.files import atomic_output
@@ -96,10 +96,10 @@ def overlay(img: Image.Image, heat: Tensor, caption: str) -> Image.Image:
     return sheet
 
 
-def centre_view(photo: Image.Image) -> Image.Image:
-    """The centre square of `photo`: the part the model saw, which the heat maps cover."""
-    left, top, side = centre_square(*photo.size)
-    return photo.crop((left, top, left + side, top + side))
+def view_photo(photo: Image.Image, meta: CheckpointMeta) -> Image.Image:
+    """The part of `photo` the model of `meta` saw (its evaluation view, unsquashed), which the heat maps cover."""
+    left, top, width, height = view_box(photo.width, photo.height, meta.view_aspect)
+    return photo.crop((round(left), round(top), round(left + width), round(top + height)))
 
 
 def wrap_text(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: float) -> list[str]:
@@ -153,7 +153,7 @@ def write_explanations(
             if saliency:
                 kinds["saliency"] = saliency_maps(model, images, classes)
             for offset, item in enumerate(items[start : start + len(classes)]):
-                photo = centre_view(open_rgb(item.path, DISPLAY_SIZE))
+                photo = view_photo(open_rgb(item.path, DISPLAY_SIZE), meta)
                 for kind, maps in kinds.items():
                     path = out_dir / f"{stems[start + offset]}.{kind}.png"
                     with atomic_output(path) as tmp:

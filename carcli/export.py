@@ -2,7 +2,7 @@
 writing; ONNX optionally quantised to int8 (carcli.quantize).
 
 The exported graph takes one input, `image`: a float32 batch (N, 3, img_size, img_size), preprocessed
-as carcli's evaluation does (shorter side resized, centre crop, normalised with the checkpoint's
+as carcli's evaluation does (the checkpoint's evaluation view squashed to a square, normalised with its
 mean/std), and gives one output per task the model predicts, named after the task (`model`,
 `make`, `type`, `year`): (N, classes) logits (log-probabilities for an ensemble), already divided by
 the checkpoint's calibration temperatures, so a softmax gives calibrated probabilities. The file
@@ -64,7 +64,7 @@ class ExportResult:
         shape = " x ".join(str(d) for d in self.input_shape)
         rows = [
             ("file", f"{self.path} ({self.file_bytes / 2**20:.2f} MiB)"),
-            ("input", f"{INPUT_NAME}: float32 {shape}, shorter side resized, centre crop, normalised"),
+            ("input", f"{INPUT_NAME}: float32 {shape}, evaluation view squashed to a square, normalised"),
             ("outputs", ", ".join(f"{name} ({n})" for name, n in self.outputs.items())),
             (
                 "max |fp32 ONNX - PyTorch|" if self.quantized else "max |exported - PyTorch|",

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from carcli.checkpoint_meta import CheckpointMeta
-from carcli.data.images import ImageDataset, centre_square, image_problems, open_rgb
+from carcli.data.images import ImageDataset, image_problems, open_rgb, view_box
 from carcli.data.layouts import Sample
 from carcli.data.taxonomy import FINE
 from carcli.deploy import OnnxModel, is_onnx
@@ -209,7 +209,7 @@ def _span(low: float, high: float) -> tuple[float, float]:
 
 
 class CroppedDataset(ImageDataset):
-    """Samples cropped to a box given as shares of each image's centre square (the evaluation view)."""
+    """Samples cropped to a box given as shares of each image's evaluation view (`view_box` of `aspect`)."""
 
     def __init__(
         self,
@@ -218,17 +218,18 @@ class CroppedDataset(ImageDataset):
         transform: Callable[[Image.Image], Any],
         min_size: int,
         crop_margin: float | None = None,
+        aspect: float = 1.0,
     ) -> None:
         super().__init__(samples, transform, min_size, crop_margin)
-        self.boxes = list(boxes)
+        self.boxes, self.aspect = list(boxes), aspect
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         sample, (x1, y1, x2, y2) = self.samples[index], self.boxes[index]
         min_size = int(self.min_size / max(min(x2 - x1, y2 - y1), MIN_CROP))
         box = sample.bbox if self.crop_margin is not None else None
         img = open_rgb(sample.path, min_size, box, self.crop_margin or 0.0)
-        left, top, side = centre_square(*img.size)  # the box is in shares of the view: the centre square
-        crop = (left + x1 * side, top + y1 * side, left + x2 * side, top + y2 * side)
+        left, top, width, height = view_box(img.width, img.height, self.aspect)  # the box is in shares of the view
+        crop = (left + x1 * width, top + y1 * height, left + x2 * width, top + y2 * height)
         return self.transform(img.crop(crop)), sample.label
 
 
@@ -267,7 +268,7 @@ def cam_crop_probs(
                 first.setdefault(task, []).append((z.float() / temperatures.get(task, 1.0)).softmax(1).cpu())
             boxes.extend(cam_box(m) for m in maps)
             progress(len(boxes))
-    cropped = CroppedDataset(samples, boxes, meta.view_transform(), size, crop_margin)
+    cropped = CroppedDataset(samples, boxes, meta.view_transform(), size, crop_margin, meta.view_aspect)
     progress = reporter.stage("pass 2: CAM crops", len(samples))
     second = dataset_probs(model, cropped, batch_size, device, workers, progress, temperatures)
     plain = {task: torch.cat(parts) for task, parts in first.items()}

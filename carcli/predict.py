@@ -94,6 +94,7 @@ def predict(
     reporter: Reporter | None = None,
     img_size: int | None = None,
     hierarchy: bool = False,
+    eval_aspect: float | None = None,
 ) -> PredictResult:
     """The `carcli predict` job: an answer for every readable image among `inputs`; the CSV and overlays asked for."""
     started = time.perf_counter()
@@ -108,7 +109,7 @@ def predict(
             "--crop, --explain and --img-size need the .st checkpoint; an .onnx model has its own size and no gradients"
         )
     model, meta, torch_device = load_scorer(model_path, device)
-    meta = meta.at_size(img_size)  # None: the checkpoint's evaluation size
+    meta = meta.at_view(img_size, eval_aspect)  # None: the checkpoint's evaluation size and view
     paths, skipped = gather_images(inputs)
     for name, why in skipped:
         reporter.warn(f"skipped {name}: {why}")

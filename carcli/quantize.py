@@ -69,10 +69,9 @@ class ImageReader:
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.start >= len(self.paths):
             return None
-        size, mean, std = self.meta.img_size, self.meta.mean, self.meta.std
         batch = self.paths[self.start : self.start + CALIBRATION_BATCH]
         self.start += CALIBRATION_BATCH
-        return {INPUT_NAME: np.stack([eval_view(open_rgb(p, size), size, mean, std) for p in batch])}
+        return {INPUT_NAME: np.stack([eval_view(open_rgb(p, self.meta.img_size), self.meta) for p in batch])}
 
     def rewind(self) -> None:
         self.start = 0
@@ -137,8 +136,7 @@ def compare(fp32: OnnxModel, int8: OnnxModel, data: Path) -> QuantReport:
 
 def latency_ms(model: OnnxModel, sample: Sample) -> float:
     """Median milliseconds of one forward pass at batch 1 (after 3 warm-up runs)."""
-    size, meta = model.meta.img_size, model.meta
-    image = eval_view(open_rgb(sample.path, size), size, meta.mean, meta.std)[None]
+    image = eval_view(open_rgb(sample.path, model.meta.img_size), model.meta)[None]
     times = []
     for run in range(3 + LATENCY_RUNS):
         started = time.perf_counter()

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from carcli.data.images import open_rgb
 from carcli.deploy import OnnxModel, eval_view, is_onnx
-from carcli.explain import DISPLAY_SIZE, cam_maps, centre_view, grad_cam, overlay
+from carcli.explain import DISPLAY_SIZE, cam_maps, grad_cam, overlay, view_photo
 from carcli.inference import ImagePrediction, image_predictions, predict_batch
 from carcli.usage import newest_checkpoint
 
@@ -134,7 +134,7 @@ class Engine:
         check_upload(upload)
         try:
             image = open_rgb(io.BytesIO(upload.data), self.size)  # type: ignore[arg-type]
-            photo = centre_view(open_rgb(io.BytesIO(upload.data), DISPLAY_SIZE)) if explain else None  # type: ignore[arg-type]
+            photo = view_photo(open_rgb(io.BytesIO(upload.data), DISPLAY_SIZE), self.meta) if explain else None  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - PIL raises many error types for broken files
             raise ApiError(422, f"{upload.name}: corrupt or truncated image ({exc})") from None
         return Job(upload.name, self.view(image), photo)
@@ -186,7 +186,7 @@ class OnnxEngine(Engine):
         return super().prepare(upload, explain)
 
     def view(self, image: Image.Image) -> Any:
-        return eval_view(image, self.size, self.meta.mean, self.meta.std)
+        return eval_view(image, self.meta)
 
     def answer(self, jobs: Sequence[Job]) -> list[dict[str, Any]]:
         probs = self.model.batch_probs(np.stack([job.view for job in jobs]))  # type: ignore[attr-defined]

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 from dataclasses import replace
-from functools import partial
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from typer.testing import CliRunner
 from carcli.cli import app
 from carcli.data import packed
 from carcli.data.batch_augment import BatchAugment, batchable
-from carcli.data.images import open_rgb
+from carcli.data.images import open_rgb, view_box
 from carcli.data.layouts import Sample, load_dataset
 from carcli.data.packed import Frame, PackedDataset, StoreShape, load_or_build, store_path, store_shape
 from carcli.data.transforms import PRESETS, Augment
@@ -110,7 +109,9 @@ def _photo_kinds(folder):
 
 
 @pytest.mark.parametrize("crop_margin", [None, 0.1])
-@pytest.mark.parametrize("shape", [StoreShape(64), StoreShape(64, whole=True)], ids=["square", "whole"])
+@pytest.mark.parametrize(
+    "shape", [StoreShape(64), StoreShape(64, aspect=4 / 3), StoreShape(64, whole=True)], ids=["square", "view", "whole"]
+)
 def test_device_decoding_builds_the_store_pil_would(tmp_path, monkeypatch, crop_margin, shape):
     samples = _photo_kinds(tmp_path / "photos")
     decoded = []
@@ -131,8 +132,9 @@ def test_device_decoding_builds_the_store_pil_would(tmp_path, monkeypatch, crop_
             continue
         # both are approximations (PIL decodes at 1/2-1/8 scale first); the full-size decode is no further off
         full = _full_size(sample, crop_margin)
-        resize = full.resize if shape.whole else partial(ImageOps.fit, full)
-        exact = np.asarray(resize(shape.size, Image.Resampling.LANCZOS)).astype(int)
+        left, top, width, height = view_box(full.width, full.height, shape.aspect)  # the evaluation view
+        view = None if shape.whole else (left, top, left + width, top + height)
+        exact = np.asarray(full.resize(shape.size, Image.Resampling.LANCZOS, box=view)).astype(int)
         device_error, pil_error = np.abs(device_pixels - exact).mean(), np.abs(pil_pixels - exact).mean()
         assert device_error <= pil_error + 0.5 and device_error < 6, (sample.path.name, device_error, pil_error)
     if shape.whole:  # each photo's own width / height, whichever decoder
@@ -165,6 +167,7 @@ def test_a_changed_photo_or_size_gets_a_new_store(tiny_set, tmp_path):
     first = store_path(samples, StoreShape(24), tmp_path)
     assert store_path(samples, StoreShape(32), tmp_path) != first
     assert store_path(samples, StoreShape(24, whole=True), tmp_path) != first
+    assert store_path(samples, StoreShape(24, aspect=4 / 3), tmp_path) != first
     assert store_path(samples, StoreShape(24), tmp_path, crop_margin=0.1) != first
     Image.new("RGB", (40, 40), (255, 0, 0)).save(samples[0].path)
     os.utime(samples[0].path, ns=(1, 1))
@@ -174,6 +177,7 @@ def test_a_changed_photo_or_size_gets_a_new_store(tiny_set, tmp_path):
 def test_training_stores_a_margin_larger_than_evaluation():
     assert store_shape(160, training=True) == StoreShape(184, whole=True)
     assert store_shape(160, training=False) == StoreShape(160)
+    assert store_shape(160, training=False, view_aspect=1.5) == StoreShape(160, aspect=1.5)
     assert StoreShape(184, whole=True).size == (276, 184) and StoreShape(160).size == (160, 160)
 
 
@@ -244,6 +248,11 @@ def test_crops_of_whole_photos_are_drawn_in_the_photos_proportions():
     columns = centre[0, 0] * 255  # the centre square of a 2:1 photo: its middle half of columns
     assert abs(columns.min() - 64) < 8 and abs(columns.max() - 191) < 8
     assert centre[0, 1].min() * 255 < 8 and centre[0, 1].max() * 255 > 247  # every row
+    crop_1 = Augment(crop_scale=1.0, hflip=False, color_jitter=0.0)
+    view = BatchAugment(16, *unit, crop_1, CPU, view_aspect=4 / 3)(_wide_photos(2))[0] * 255
+    # the middle two thirds (a 4:3 view): 16 pixel centres from 43 + 169 / 32 to 212 - 169 / 32 in red
+    assert abs(view[0].min() - 48) < 6 and abs(view[0].max() - 207) < 6
+    assert view[1].min() < 8 and view[1].max() > 247
     crops = BatchAugment(16, *unit, Augment(crop_scale=0.3, hflip=False, color_jitter=0.0), CPU)(_wide_photos(64))
     wide = (crops[:, 0].amax(dim=(1, 2)) - crops[:, 0].amin(dim=(1, 2))) * 80  # true columns each crop spans
     high = (crops[:, 1].amax(dim=(1, 2)) - crops[:, 1].amin(dim=(1, 2))) * 40

@@ -140,3 +140,22 @@ def test_a_missing_or_inconsistent_taxonomy_is_refused(tmp_path, taxonomy, messa
     save_file({"w": torch.ones(2)}, str(path), metadata={"carcli": json.dumps({"format": 1, **meta})})
     with pytest.raises(CarcliError, match=message):
         read_metadata(path)
+
+
+@pytest.mark.parametrize("aspect", [0.5, "wide", None])
+def test_an_evaluation_view_aspect_below_1_or_not_a_number_is_refused(tmp_path, aspect):
+    path = tmp_path / "bad.st"
+    save_file(
+        {"w": torch.ones(2)}, str(path), metadata={"carcli": json.dumps({"format": 1, **_meta(eval_aspect=aspect)})}
+    )
+    with pytest.raises(CarcliError, match="field 'eval_aspect' must be a number of at least 1"):
+        read_metadata(path)
+
+
+def test_a_checkpoint_without_a_view_aspect_is_evaluated_on_the_centre_square(saved, tmp_path):
+    old = read_metadata(saved[1])
+    assert old.eval_aspect is None and old.view_aspect == 1.0  # written before the view had an aspect
+    assert "eval_aspect" not in old.to_dict()  # rewriting it adds nothing
+    wide = old.at_view(None, 4 / 3)
+    assert wide.view_aspect == pytest.approx(4 / 3) and wide.img_size == old.img_size
+    assert old.at_view(96, None).view_aspect == 1.0 and old.at_view(96, None).img_size == 96

@@ -61,7 +61,8 @@ def test_onnx_eval_and_predict_answer_as_the_checkpoint(trained_checkpoint, onnx
 def test_the_exported_file_describes_itself(onnx_export, trained_checkpoint):
     meta = read_metadata(trained_checkpoint)
     info = OnnxModel.load(onnx_export).info
-    assert info["preprocess"]["resize"] == "shorter_side" and info["preprocess"]["crop"] == "centre"
+    assert info["preprocess"]["resize"] == "view" and info["preprocess"]["crop"] == "centre"
+    assert info["preprocess"]["view_aspect"] == meta.view_aspect == pytest.approx(4 / 3)
     assert info["preprocess"]["crop_ratio"] == 1.0 and info["preprocess"]["crop_size"] == 64
     assert info["tasks"] == meta.tasks and info["taxonomy"] == meta.taxonomy.to_dict()
     assert info["mean"] == meta.mean and info["outputs"] == ["model", "make", "type", "year"]

@@ -22,7 +22,7 @@ from carcli.data.layouts import Sample, load_dataset
 from carcli.data.taxonomy import FINE, Taxonomy
 from carcli.errors import CarcliError
 from carcli.evaluate import evaluate
-from carcli.inference import batch_probs, predict_samples
+from carcli.inference import batch_probs, predict_samples, sample_probs
 from carcli.metrics import confusion_matrix, most_confused, task_metrics, topk_accuracy, with_implied_tasks
 from carcli.models.builder import load_model
 from carcli.models.registry import create_model
@@ -73,7 +73,18 @@ def test_topk_accuracy_counts_rows_with_the_truth_among_the_k_best():
 # ---------------------------------------------------------------- carcli eval on a briefly trained checkpoint
 
 # "hierarchy": multi-task heads only
-EVAL_KEYS = {"checkpoint", "data", "split", "n_images", "tasks", "temperatures", "seconds", "hierarchy"}
+EVAL_KEYS = {
+    "checkpoint",
+    "data",
+    "split",
+    "n_images",
+    "img_size",
+    "eval_aspect",
+    "tasks",
+    "temperatures",
+    "seconds",
+    "hierarchy",
+}
 TASK_KEYS = {
     "top1",
     "top5",
@@ -122,6 +133,28 @@ def test_eval_json_is_the_one_stdout_object_and_eval_json(eval_run, trained_chec
         assert {"implied_top1", "agreement"} <= set(report["tasks"][task])
     hierarchy = report["hierarchy"]
     assert not hierarchy["used"] and hierarchy["plain_top1"] == report["tasks"]["model"]["top1"]
+
+
+def test_eval_looks_at_the_stored_view_and_eval_aspect_overrides_it(
+    eval_run, trained_checkpoint, real_folder_set, tmp_path
+):
+    from typer.testing import CliRunner
+
+    from carcli.cli import app
+
+    report, _ = eval_run
+    assert report["eval_aspect"] == pytest.approx(4 / 3) and report["img_size"] == 64  # training's defaults, stored
+    args = ["eval", str(trained_checkpoint), "--data", str(real_folder_set), "--out", str(tmp_path), "--json"]
+    result = CliRunner().invoke(app, [*args, "--eval-aspect", "1"])
+    assert result.exit_code == 0, result.output
+    square = json.loads(result.stdout)
+    assert square["eval_aspect"] == 1.0
+    model, meta = load_model(trained_checkpoint)
+    samples = load_dataset(real_folder_set, 0.2, 0).split("val")[:4]
+    wide = sample_probs(model, meta, samples)["model"]  # the centre square of these wide photos: other pixels
+    assert not torch.equal(wide, sample_probs(model, meta.at_view(None, 1.0), samples)["model"])
+    refused = CliRunner().invoke(app, [*args, "--eval-aspect", "0.5"])
+    assert refused.exit_code == 2 and "--eval-aspect" in refused.output
 
 
 def test_eval_metrics_equal_a_recomputation_from_raw_predictions(eval_run, trained_checkpoint, real_folder_set):

@@ -10,8 +10,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from carcli.checkpoint import read_metadata
 from carcli.checkpoint_meta import CheckpointMeta
 from carcli.cli import app
+from carcli.data.images import view_box
 from carcli.data.layouts import Sample
 from carcli.data.taxonomy import Taxonomy
 from carcli.explain import DISPLAY_SIZE, cam_maps, grad_cam, overlay, saliency_maps, wrap_text
@@ -97,12 +99,16 @@ def test_predict_explain_writes_an_overlay_per_image(trained_checkpoint, real_fo
     assert len(result.stdout.splitlines()) == 2
     names = sorted(p.name for p in out.iterdir())
     assert names == ["car-2.gradcam.png", "car-2.saliency.png", "car.gradcam.png", "car.saliency.png"]
+    aspect = read_metadata(trained_checkpoint).view_aspect
     for path in out.iterdir():
+        with Image.open(photos[path.name.startswith("car-2")]) as photo:
+            _, _, view_w, view_h = view_box(photo.width, photo.height, aspect)
         with Image.open(path) as img:
             pixels = np.asarray(img.convert("RGB"), dtype=np.float32)
         height, width = pixels.shape[:2]
-        assert width == DISPLAY_SIZE  # the centre square the model saw, at a useful size ...
-        assert width + 14 < height < width + 120  # ... and a caption strip below it
+        shown = round(DISPLAY_SIZE * min(1.0, view_h / view_w))  # the view the model saw, long side 448 ...
+        assert max(width, shown) == DISPLAY_SIZE
+        assert shown + 14 < height < shown + 120  # ... and a caption strip below it
         assert pixels.std() > 20
 
 

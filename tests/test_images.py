@@ -7,7 +7,7 @@ import pytest
 from conftest import need_real_photos
 from PIL import Image
 
-from carcli.data.images import find_unreadable, open_rgb
+from carcli.data.images import find_unreadable, open_rgb, view_box, view_resize
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,13 @@ def test_find_unreadable_names_exactly_the_broken_files(tmp_path):
     truncated.write_bytes(real[0].read_bytes()[:500])
     garbage.write_bytes(b"hello")
     assert find_unreadable([*real, truncated, garbage, missing]) == [truncated, garbage, missing]
+
+
+def test_the_evaluation_view_is_the_centre_crop_of_at_most_the_aspect():
+    assert view_box(200, 100) == (50, 0, 100, 100)  # aspect 1: the centre square
+    assert view_box(200, 100, 4 / 3) == pytest.approx((100 / 3, 0, 400 / 3, 100))
+    assert view_box(100, 200, 4 / 3) == pytest.approx((0, 100 / 3, 100, 400 / 3))  # portrait: the same on its side
+    assert view_box(120, 100, 4 / 3) == (0, 0, 120, 100)  # a photo narrower than the aspect: all of it
+    assert view_resize(200, 100, 32) == (64, 32)  # aspect 1: the shorter side to 32, as Resize(32)
+    assert view_resize(200, 100, 32, 4 / 3) == (48, 32)  # the 133-pixel view becomes 32 wide
+    assert view_resize(100, 200, 32, 4 / 3) == (32, 48)

@@ -19,7 +19,7 @@ from carcli import train as train_module
 from carcli.data.images import open_rgb
 from carcli.data.layouts import load_dataset
 from carcli.data.sampling import EpochSampler, class_balanced_weights
-from carcli.data.transforms import PRESETS, batch_mixer, resolve_augment, train_transform
+from carcli.data.transforms import PRESETS, batch_mixer, eval_transform, resolve_augment, train_transform
 from carcli.device import cpu_has_bf16
 from carcli.errors import CarcliError
 from carcli.models.builder import load_model
@@ -421,3 +421,20 @@ def test_impossible_precisions_are_refused_before_the_run_folder_exists(tiny_set
     with pytest.raises(CarcliError, match=message):
         train(tiny_config(tiny_set, run, precision=precision))
     assert not run.exists()
+
+
+def test_evaluation_squashes_its_view_to_the_input_and_aspect_1_is_the_centre_square():
+    columns = np.tile(np.linspace(0, 255, 200), (100, 1))  # red: 255 x column / width; green: by row
+    rows = np.tile(np.linspace(0, 255, 100)[:, None], (1, 200))
+    img = Image.fromarray(np.stack([columns, rows, np.zeros_like(rows)], axis=-1).round().astype(np.uint8))
+    unit = ((0.0,) * 3, (1.0,) * 3)
+    as_before = v2.Compose(
+        [v2.Resize(32, antialias=True), v2.CenterCrop(32), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    )
+    assert torch.equal(eval_transform(32, *unit)(img), as_before(img))  # aspect 1: bit for bit the old view
+    view = eval_transform(32, *unit, aspect=4 / 3)(img) * 255
+    assert view.shape == (3, 32, 32)
+    # the middle two thirds of the columns, squashed: red from 255 x (33 + 2) / 200 to 255 x (167 - 2) / 200
+    assert abs(view[0].min() - 45) < 6 and abs(view[0].max() - 210) < 6
+    assert view[1].min() < 10 and view[1].max() > 245  # every row
+    assert torch.equal(train_transform(32, *unit, PRESETS["none"], 4 / 3)(img) * 255, view)  # crop scale 1: the view

@@ -45,8 +45,10 @@ class BatchAugment:
         augment: Augment | None,
         device: torch.device,
         seed: int = 0,
+        view_aspect: float = 1.0,
     ) -> None:
         self.img_size, self.augment, self.device, self.seed = img_size, augment, device, seed
+        self.view_aspect = view_aspect  # crops of scale 1 (no random crop) are the evaluation view of this aspect
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
 
@@ -86,12 +88,12 @@ class BatchAugment:
         return None if aspects is None else aspects.to(self.device, torch.float32) * x.shape[-2]
 
     def _centre(self, x: Tensor, widths: Tensor | None) -> Tensor:
-        """Each photo's centre square at the input size (as evaluation sees it)."""
+        """Each photo's evaluation view (`data.images.view_box`) at the input size, as evaluation sees it;
+        evaluation stores hold it already."""
         if widths is None:
             same = x.shape[-1] == self.img_size and x.shape[-2] == self.img_size
             return x if same else _resize(x, self.img_size)
-        side = widths.clamp(max=x.shape[-2])
-        return self._cut(x, widths, (widths - side) / 2, (x.shape[-2] - side) / 2, side, side)
+        return self._cut(x, widths, *_view_boxes(widths, x.shape[-2], self.view_aspect))
 
     def _uniform(self, n: int, g: torch.Generator, low: float = 0.0, high: float = 1.0) -> Tensor:
         return torch.rand(n, generator=g, device=self.device) * (high - low) + low
@@ -156,3 +158,13 @@ def _resize(x: Tensor, size: int) -> Tensor:
 def _gray(x: Tensor) -> Tensor:
     weights = torch.tensor(GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x * weights).sum(dim=1, keepdim=True)
+
+
+def _view_boxes(widths: Tensor, height: int, aspect: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(x0, y0, w, h) of each photo's centre crop whose long side is at most `aspect` times its short side
+    (`data.images.view_box`), in true proportions: `widths` columns, `height` rows."""
+    longest = widths.clamp(max=height) * aspect
+    landscape = widths >= height
+    w = torch.where(landscape, widths.clamp(max=longest), widths)
+    h = torch.where(landscape, torch.full_like(widths, height), longest.clamp(max=height))
+    return (widths - w) / 2, (height - h) / 2, w, h

@@ -98,10 +98,22 @@ def why_unreadable(exc: BaseException) -> str:
     return f"corrupt image ({type(exc).__name__})"
 
 
-def centre_square(width: int, height: int) -> tuple[float, float, float]:
-    """(left, top, side) of the centre square of a width x height image: the part evaluation looks at."""
-    side = min(width, height)
-    return (width - side) / 2, (height - side) / 2, side
+def view_box(width: int, height: int, aspect: float = 1.0) -> tuple[float, float, float, float]:
+    """(left, top, width, height) of the part of a width x height image that evaluation looks at: the centre
+    crop whose long side is at most `aspect` times its short side (1: the centre square), squashed to the
+    square input by `view_resize`."""
+    short = min(width, height)
+    long = min(max(width, height), aspect * short)
+    view_w, view_h = (long, short) if width >= height else (short, long)
+    return (width - view_w) / 2, (height - view_h) / 2, view_w, view_h
+
+
+def view_resize(width: int, height: int, size: int, aspect: float = 1.0) -> tuple[int, int]:
+    """(width, height) to resize a width x height image to so that its centre size x size crop is its
+    `view_box` squashed to a square (with `aspect` 1: the shorter side resized to `size`, as torchvision's
+    Resize(size) computes it)."""
+    _, _, view_w, view_h = view_box(width, height, aspect)
+    return (size, int(size * height / view_h)) if width <= height else (int(size * width / view_w), size)
 
 
 def grow_box(box: Box, margin: float, width: int, height: int) -> Box:

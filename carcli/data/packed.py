@@ -2,7 +2,8 @@
 memory-mapped uint8 array, so no epoch decodes a JPEG again.
 
 Each split is stored as one `.npy` file of shape (N, height, width, 3). Evaluation stores hold every
-image's centre square at the input size, as the evaluation transform takes it. Training stores hold
+image's evaluation view (`data.images.view_box`) squashed to the input size, as the evaluation transform
+takes it. Training stores hold
 the whole photo, as the per-image pipeline's random crops see it, a margin larger than the input size
 and squashed to a FRAME_ASPECT landscape frame; each photo's own width / height ratio is kept beside
 it (`<store>.aspects.npy`), so batch augmentation draws crops in the photo's true proportions
@@ -32,11 +33,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from carcli.data.images import Box, centre_square, grow_box, open_rgb
+from carcli.data.images import Box, grow_box, open_rgb, view_box
 from carcli.data.layouts import Sample
 from carcli.errors import CarcliError
 from carcli.files import atomic_output
@@ -49,11 +50,12 @@ EXIF_ORIENTATION = 0x0112
 
 @dataclass(frozen=True)
 class StoreShape:
-    """What a store keeps of each photo: its centre square, side x side (evaluation), or (`whole`) the
-    whole photo squashed to side high and FRAME_ASPECT x side wide (training)."""
+    """What a store keeps of each photo: its evaluation view of `aspect`, squashed to side x side (evaluation),
+    or (`whole`) the whole photo squashed to side high and FRAME_ASPECT x side wide (training)."""
 
     side: int
     whole: bool = False
+    aspect: float = 1.0
 
     @property
     def size(self) -> tuple[int, int]:
@@ -61,10 +63,12 @@ class StoreShape:
         return (round(self.side * FRAME_ASPECT) if self.whole else self.side), self.side
 
 
-def store_shape(img_size: int, training: bool) -> StoreShape:
-    """The store for an input size: the whole photo a margin larger for training, the centre square at
-    the input size for evaluation."""
-    return StoreShape(round(img_size * TRAIN_MARGIN), whole=True) if training else StoreShape(img_size)
+def store_shape(img_size: int, training: bool, view_aspect: float = 1.0) -> StoreShape:
+    """The store for an input size: the whole photo a margin larger for training, the evaluation view of
+    `view_aspect` at the input size for evaluation."""
+    if training:
+        return StoreShape(round(img_size * TRAIN_MARGIN), whole=True)
+    return StoreShape(img_size, aspect=view_aspect)
 
 
 class Frame(NamedTuple):
@@ -111,7 +115,8 @@ class PackedDataset:
 
 def store_key(samples: Sequence[Sample], shape: StoreShape, crop_margin: float | None) -> str:
     """A hash of what decides the stored pixels."""
-    digest = hashlib.sha256(json.dumps([shape.side, crop_margin] + (["whole"] if shape.whole else [])).encode())
+    what = [shape.side, crop_margin] + (["whole"] if shape.whole else ["view", shape.aspect])
+    digest = hashlib.sha256(json.dumps(what).encode())
     for sample in samples:
         stat = sample.path.stat()
         box = sample.bbox if crop_margin is not None else None
@@ -200,7 +205,9 @@ def _decoded(
         img = open_rgb(samples[index].path, shape.side, box(samples[index]), crop_margin or 0.0)
         if shape.whole:
             return index, np.asarray(img.resize(shape.size, Image.Resampling.BILINEAR)), img.width / img.height
-        return index, np.asarray(ImageOps.fit(img, shape.size, Image.Resampling.BILINEAR)), 1.0
+        left, top, width, height = view_box(img.width, img.height, shape.aspect)
+        view = (left, top, left + width, top + height)
+        return index, np.asarray(img.resize(shape.size, Image.Resampling.BILINEAR, box=view)), 1.0
 
     with ThreadPoolExecutor(max_workers=threads) as pool:  # PIL decodes and resizes without the GIL
         on_device: list[int] = []
@@ -237,8 +244,8 @@ def _read_bytes(path: Path) -> Tensor:
 def _device_pixels(
     blobs: list[Tensor], boxes: list[Box | None], margin: float | None, shape: StoreShape, device: torch.device
 ) -> list[tuple[np.ndarray, float]]:
-    """JPEG files decoded on `device`, each cropped to its box (if any) and, unless `shape.whole`, its centre
-    square, resized to the shape's size; with each the photo's width / height."""
+    """JPEG files decoded on `device`, each cropped to its box (if any) and, unless `shape.whole`, its
+    evaluation view, resized to the shape's size; with each the photo's width / height."""
     decoded = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device)
     out_hw = shape.size[::-1]  # (height, width), as interpolate takes it
     resized, aspects = [], []
@@ -248,8 +255,8 @@ def _device_pixels(
             x1, y1, x2, y2 = grow_box(box, margin or 0.0, width, height)
             image, height, width = image[:, y1:y2, x1:x2], y2 - y1, x2 - x1
         if not shape.whole:
-            left, top, size = (round(v) for v in centre_square(width, height))
-            image = image[:, top : top + size, left : left + size]
+            left, top, view_w, view_h = (round(v) for v in view_box(width, height, shape.aspect))
+            image = image[:, top : top + view_h, left : left + view_w]
         aspects.append(width / height if shape.whole else 1.0)
         resized.append(F.interpolate(image[None].float(), out_hw, mode="bilinear", antialias=True, align_corners=False))
     pixels = torch.cat(resized).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()  # one copy back

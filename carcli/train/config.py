@@ -29,6 +29,7 @@ from carcli.errors import CarcliError, UsageError
 from carcli.limits import MIN_IMG_SIZE, check_img_size
 
 DEFAULT_BATCH_SIZE = 32
+EVAL_ASPECT = 4 / 3  # the widest crop RandomResizedCrop draws (and falls back to on wide photos)
 SGD_LR = 0.05  # every recipe's lr is AdamW's: SGD runs take this one
 # the names below are checked against the modules that act on them (tests/test_train_config.py)
 HEADS = ("linear", "mtl", "mtl-aux")  # carcli.models.heads.HEADS
@@ -267,6 +268,10 @@ class TrainConfig:
     eval_img_size: int | None = option(
         None, "Validate, pick best.st and store for eval/predict/export at this size (default: --img-size).",
         DATA, low=32,
+    )  # fmt: skip
+    eval_aspect: float = option(
+        EVAL_ASPECT, "Evaluation views the centre crop up to this long/short side ratio, squashed to the square "
+        "input (default 4/3, the widest training crop; 1: the centre square).", DATA, low=1,
     )  # fmt: skip
     teacher: list[str] = field(
         default_factory=list,

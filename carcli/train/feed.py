@@ -112,7 +112,7 @@ def _datasets(
     """Decode-every-epoch data sets, or (`cache`) the prepared store with augmentation on the device;
     with each its prepare step."""
     train_samples, val_samples = splits
-    augment, mean, std = config.augment_parts, spec.mean, spec.std
+    augment, mean, std, aspect = config.augment_parts, spec.mean, spec.std, config.eval_aspect
     img_size, eval_size = image_sizes(config, spec)
     crop = config.bbox_margin if config.crop_to_bbox else None
 
@@ -120,12 +120,12 @@ def _datasets(
         return images.to(device, non_blocking=True)
 
     if not config.cache:
-        train_set = ImageDataset(train_samples, train_transform(img_size, mean, std, augment), img_size, crop)
-        val_set = ImageDataset(val_samples, eval_transform(eval_size, mean, std), eval_size, crop)
+        train_set = ImageDataset(train_samples, train_transform(img_size, mean, std, augment, aspect), img_size, crop)
+        val_set = ImageDataset(val_samples, eval_transform(eval_size, mean, std, aspect), eval_size, crop)
         return train_set, val_set, to_device, to_device
     with main_first(ddp):
         train_store, val_store = (
-            _store(samples, store_shape(size, training), crop, device, reporter)
+            _store(samples, store_shape(size, training, aspect), crop, device, reporter)
             for samples, size, training in (
                 (train_samples, img_size, True),
                 (val_samples or train_samples[:1], eval_size, False),
@@ -133,10 +133,10 @@ def _datasets(
         )  # --val-fraction 0: a one-image placeholder val store that is never read
     val_set, prepare_val = PackedDataset(val_store), BatchAugment(eval_size, mean, std, None, device)
     if batchable(augment):
-        on_device = BatchAugment(img_size, mean, std, augment, device, config.seed + ddp.rank)
+        on_device = BatchAugment(img_size, mean, std, augment, device, config.seed + ddp.rank, aspect)
         return PackedDataset(train_store), val_set, on_device, prepare_val
     reporter.info("--cache: affine, RandAugment and TrivialAugment have no batched form; augmenting per image")
-    per_image = PackedDataset(train_store, train_transform(img_size, mean, std, augment))
+    per_image = PackedDataset(train_store, train_transform(img_size, mean, std, augment, aspect))
     return per_image, val_set, to_device, prepare_val
 
 
@@ -146,7 +146,7 @@ def _store(
     """The prepared store of `samples`, built (JPEGs decoded on the GPU when training there) if not yet there."""
     path = store_path(samples, shape, cache_home(), crop)
     if not is_built(path, shape):
-        what = "whole photos" if shape.whole else "centre squares"
+        what = "whole photos" if shape.whole else "evaluation views"
         reporter.info(f"--cache: preparing {len(samples)} images ({what}, {shape.side} px high), once, into {path}")
     return load_or_build(samples, shape, cache_home(), crop, device=device if device.type == "cuda" else None)
 

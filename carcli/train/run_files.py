@@ -125,6 +125,7 @@ def metadata_base(
         head=config.head,
         img_size=sizes[1],  # what eval, predict and export feed the model
         train_img_size=sizes[0],
+        eval_aspect=config.eval_aspect,
         mean=list(mean),
         std=list(std),
         tasks=taxonomy.tasks,
