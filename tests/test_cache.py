@@ -265,6 +265,14 @@ def test_crops_of_whole_photos_are_drawn_in_the_photos_proportions():
     assert inside.sum() > 10 and (ratio > 0.72).all() and (ratio < 1.38).all() and ratio.max() > 1.1
 
 
+def test_a_crop_that_cannot_fit_falls_back_to_the_centre_crop_at_the_widest_ratio_as_torchvision():
+    unit = ((0.0,) * 3, (1.0,) * 3)
+    # on a 2:1 photo no crop of 90 % of the area has an aspect ratio of 4/3 or less: every draw fails
+    fallback = BatchAugment(16, *unit, Augment(crop_scale=0.9, hflip=False, color_jitter=0.0), CPU)(_wide_photos(8))
+    view = BatchAugment(16, *unit, Augment(crop_scale=1.0, hflip=False, color_jitter=0.0), CPU, view_aspect=4 / 3)
+    torch.testing.assert_close(fallback, view(_wide_photos(8)))  # the 4:3 centre crop, the evaluation view
+
+
 def test_colour_jitter_grayscale_and_erasing_act():
     images = _batch(16)
     base = Augment(crop_scale=1.0, hflip=False, color_jitter=0.0)

@@ -26,6 +26,7 @@ from carcli.data.transforms import Augment
 
 GRAY = (0.299, 0.587, 0.114)
 RATIO = (3 / 4, 4 / 3)
+CROP_TRIES = 10  # draws per sample before the centre-crop fallback, as torchvision's RandomResizedCrop
 
 
 def batchable(augment: Augment) -> bool:
@@ -99,17 +100,23 @@ class BatchAugment:
         return torch.rand(n, generator=g, device=self.device) * (high - low) + low
 
     def _resized_crop(self, x: Tensor, widths: Tensor | None, min_scale: float, g: torch.Generator) -> Tensor:
-        """A random resized crop per sample (area share in [min_scale, 1], aspect ratio 3/4..4/3, both of the
-        photo in its true proportions)."""
+        """A random resized crop per sample, drawn as torchvision's RandomResizedCrop draws it in the photo's
+        true proportions: up to CROP_TRIES (area share in [min_scale, 1], aspect ratio 3/4..4/3) for one that
+        fits, else the centre crop of the photo at the nearest allowed aspect ratio (on photos wider than 4:3,
+        often: the 4:3 evaluation view)."""
         n, _, height, width = x.shape
         widths = torch.full((n,), float(width), device=self.device) if widths is None else widths
-        area = self._uniform(n, g, min_scale, 1.0) * height * widths
-        ratio = torch.exp(self._uniform(n, g, math.log(RATIO[0]), math.log(RATIO[1])))
-        w = torch.minimum(torch.sqrt(area * ratio), widths)
-        h = torch.sqrt(area / ratio).clamp(max=height)
-        x0 = self._uniform(n, g) * (widths - w)
-        y0 = self._uniform(n, g) * (height - h)
-        return self._cut(x, widths, x0, y0, w, h)
+        area = self._uniform(n * CROP_TRIES, g, min_scale, 1.0).view(n, -1) * (height * widths)[:, None]
+        ratio = torch.exp(self._uniform(n * CROP_TRIES, g, math.log(RATIO[0]), math.log(RATIO[1]))).view(n, -1)
+        tried_w, tried_h = torch.sqrt(area * ratio), torch.sqrt(area / ratio)
+        fits = (tried_w <= widths[:, None]) & (tried_h <= height)
+        first = fits.float().argmax(1, keepdim=True)  # the first try that fits (0 when none does)
+        w, h = tried_w.gather(1, first)[:, 0], tried_h.gather(1, first)[:, 0]
+        x0, y0 = self._uniform(n, g) * (widths - w), self._uniform(n, g) * (height - h)
+        found = fits.any(1)
+        fallback = _view_boxes(widths, height, RATIO[1])  # the centre crop at the nearest ratio: the 4:3 view
+        box = [torch.where(found, drawn, centred) for drawn, centred in zip((x0, y0, w, h), fallback, strict=True)]
+        return self._cut(x, widths, *box)
 
     def _cut(self, x: Tensor, widths: Tensor, x0: Tensor, y0: Tensor, w: Tensor, h: Tensor) -> Tensor:
         """Boxes given in true proportions (columns of `widths` per photo) cut from the stored images and
