@@ -298,7 +298,7 @@ def test_train_with_cache_and_profile_from_the_cli(tiny_set, tmp_path, home):
     assert first.exit_code == 0, first.output
     assert "preparing 48 images" in first.output and "profile, epoch 2, per step: load" in first.output
     stores = sorted(p.name for p in (home / "cache").iterdir())
-    assert len(stores) == 3  # train: whole photos 37 px high and their aspects; val: centre squares at 32 px
+    assert len(stores) == 3  # train: whole photos 37 px high and their aspects; val: evaluation views at 32 px
     record = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[-1])
     assert set(record["profile"]) == {"load", "prepare", "compute"}
     assert json.loads((tmp_path / "a" / "config.json").read_text())["cache"] is True

@@ -21,7 +21,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
+from carcli.checkpoint import read_metadata
 from carcli.cli import app
+from carcli.data.images import view_box
 from carcli.explain import DISPLAY_SIZE
 from carcli.predict import predict
 from carcli.serve import MAX_PIXELS, Batcher, Engine, Job, create_app
@@ -76,8 +78,11 @@ def test_a_raw_body_with_explain_adds_the_gradcam_overlay(client, photos, traine
     with Image.open(io.BytesIO(base64.b64decode(answer["gradcam_png"]))) as overlay:
         assert overlay.format == "PNG"
         pixels = overlay.convert("RGB")
-    assert pixels.width == DISPLAY_SIZE  # the centre square the model saw, at display size, captioned below
-    assert pixels.width + 10 < pixels.height < pixels.width + 120
+    with Image.open(photos[1]) as photo:  # the view the model saw (4:3 or narrower), long side at display size
+        _, _, view_w, view_h = view_box(photo.width, photo.height, read_metadata(trained_checkpoint).view_aspect)
+    shown = round(DISPLAY_SIZE * min(1.0, view_h / view_w))
+    assert max(pixels.width, shown) == DISPLAY_SIZE
+    assert shown + 10 < pixels.height < shown + 120  # captioned below
     assert pixels.getextrema()[0][1] - pixels.getextrema()[0][0] > 100  # a coloured map, not a blank sheet
 
 
