@@ -151,7 +151,7 @@ def test_eval_looks_at_the_stored_view_and_eval_aspect_overrides_it(
     assert square["eval_aspect"] == 1.0
     model, meta = load_model(trained_checkpoint)
     samples = load_dataset(real_folder_set, 0.2, 0).split("val")[:4]
-    wide = sample_probs(model, meta, samples)["model"]  # its centre square of these wide photos: other pixels
+    wide = sample_probs(model, meta, samples)["model"]  # the 4:3 view; their centre square is other pixels
     assert not torch.equal(wide, sample_probs(model, meta.at_view(None, 1.0), samples)["model"])
     refused = CliRunner().invoke(app, [*args, "--eval-aspect", "0.5"])
     assert refused.exit_code == 2 and "--eval-aspect" in refused.output
