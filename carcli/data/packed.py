@@ -146,13 +146,17 @@ def load_or_build(
     progress: Callable[[int, int], None] | None = None,
     threads: int | None = None,
     device: torch.device | None = None,
+    announce: Callable[[Path], None] | None = None,
 ) -> PackedImages:
     """The store of `samples` in `shape` in `cache_dir`: reused when present, else built (reporting progress).
 
     `device`: where JPEGs are decoded during a build (None: PIL on CPU threads; meant for CUDA).
+    `announce` is called with the store's path before a build starts.
     """
     path = store_path(samples, shape, cache_dir, crop_margin)
     if not is_built(path, shape):
+        if announce is not None:
+            announce(path)
         _build(samples, shape, path, crop_margin, progress, threads or os.cpu_count() or 1, device)
     try:
         images = np.load(path, mmap_mode="r")

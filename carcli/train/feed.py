@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from carcli.data.batch_augment import BatchAugment, batchable
 from carcli.data.images import ImageDataset, find_unreadable
 from carcli.data.layouts import DataSet, Sample
-from carcli.data.packed import PackedDataset, PackedImages, StoreShape, is_built, load_or_build, store_path, store_shape
+from carcli.data.packed import PackedDataset, PackedImages, StoreShape, load_or_build, store_shape
 from carcli.data.sampling import EpochSampler, class_balanced_weights
 from carcli.data.transforms import eval_transform, train_transform
 from carcli.errors import CarcliError
@@ -144,11 +144,13 @@ def _store(
     samples: list[Sample], shape: StoreShape, crop: float | None, device: torch.device, reporter: Reporter
 ) -> PackedImages:
     """The prepared store of `samples`, built (JPEGs decoded on the GPU when training there) if not yet there."""
-    path = store_path(samples, shape, cache_home(), crop)
-    if not is_built(path, shape):
-        what = "whole photos" if shape.whole else "evaluation views"
+    what = "whole photos" if shape.whole else "evaluation views"
+
+    def announce(path: Path) -> None:
         reporter.info(f"--cache: preparing {len(samples)} images ({what}, {shape.side} px high), once, into {path}")
-    return load_or_build(samples, shape, cache_home(), crop, device=device if device.type == "cuda" else None)
+
+    on_device = device if device.type == "cuda" else None
+    return load_or_build(samples, shape, cache_home(), crop, device=on_device, announce=announce)
 
 
 def _worker_seed(worker_id: int) -> None:
